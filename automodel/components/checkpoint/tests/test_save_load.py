@@ -1,0 +1,225 @@
+import json
+import logging
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+
+from automodel.components.checkpoint import CheckpointConfig, Checkpointer, CheckpointError
+from automodel.components.checkpoint.tests.tiny import identity, make_model, make_optim, save, train_step
+
+
+def make_checkpointer(tmp_path, **kwargs) -> Checkpointer:
+    return Checkpointer(CheckpointConfig(enabled=True, checkpoint_dir=str(tmp_path / "ckpt"), **kwargs))
+
+
+def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_round_trip_restores_everything_and_training_continues_identically(tmp_path, tokenizer, caplog):
+    model = make_model(seed=0)
+    optimizer, scheduler = make_optim(model)
+    for seed in range(3):
+        train_step(model, optimizer, scheduler, seed)
+    rng_state = {"torch": torch.get_rng_state(), "note": "rank0"}
+    train_state = {"step_scheduler": {"step": 3, "epoch": 0, "batches_in_epoch": 6}, "tokens_seen": 48}
+    checkpointer = make_checkpointer(tmp_path)
+    path = save(
+        checkpointer,
+        0,
+        3,
+        model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        train_state=train_state,
+        rng_state=rng_state,
+        config_yaml="seed: 1\nwandb:\n  api_key: ${WANDB_API_KEY}\n",
+    )
+
+    root = tmp_path / "ckpt"
+    assert path == root / "epoch_0_step_3"
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "epoch_0_step_3"]  # no temp leftovers
+    assert (root / "LATEST").read_text().strip() == "epoch_0_step_3"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in (path / "model").iterdir()
+    }
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.yaml",
+        "meta.json",
+        "model",
+        "optim.pt",
+        "rng_rank0.pt",
+        "train_state.json",
+    ]
+    assert (path / "config.yaml").read_text().endswith("${WANDB_API_KEY}\n")
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["model_identity"] == identity(model) and meta["torch_version"] == torch.__version__
+    assert meta["transformers_version"] and meta["saved_at"] and (meta["epoch"], meta["step"]) == (0, 3)
+
+    restored = make_model(seed=1)
+    restored_optimizer, restored_scheduler = make_optim(restored)
+    assert not params_equal(model, restored)
+    with caplog.at_level(logging.INFO):
+        loaded = make_checkpointer(tmp_path).load(
+            path, model=restored, optimizer=restored_optimizer, lr_scheduler=restored_scheduler
+        )
+    assert "through from_pretrained" not in caplog.text  # the direct path: tied lm_head filled through the tie
+    assert loaded["train_state"] == train_state
+    assert torch.equal(loaded["rng_state"]["torch"], rng_state["torch"]) and loaded["rng_state"]["note"] == "rank0"
+    assert params_equal(model, restored)
+    assert restored.lm_head.weight is restored.model.embed_tokens.weight  # the tie survived the load
+    assert restored_scheduler.state_dict() == scheduler.state_dict()
+    assert restored_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 5e-3
+
+    # the exact continuation: one more step on each gives the same weights
+    assert train_step(model, optimizer, scheduler, 10) == train_step(
+        restored, restored_optimizer, restored_scheduler, 10
+    )
+    assert params_equal(model, restored)
+
+
+def test_model_folder_loads_with_transformers(tmp_path, tokenizer):
+    model = make_model(seed=0)
+    path = save(make_checkpointer(tmp_path), 0, 1, model, tokenizer=tokenizer)
+    reloaded = AutoModelForCausalLM.from_pretrained(path / "model")
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(path / "model")
+    assert reloaded_tokenizer("w1 w5 w9").input_ids == tokenizer("w1 w5 w9").input_ids
+
+
+def test_torch_save_format(tmp_path):
+    model = make_model(seed=0)
+    path = save(make_checkpointer(tmp_path, model_save_format="torch_save"), 0, 1, model)
+    assert (path / "model" / "pytorch_model.bin").is_file() and not list((path / "model").glob("*.safetensors"))
+    reloaded = AutoModelForCausalLM.from_pretrained(path / "model")
+    assert params_equal(model, reloaded)
+    restored = make_model(seed=1)
+    make_checkpointer(tmp_path).load(path, model=restored)
+    assert params_equal(model, restored)
+
+
+def test_plain_module_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    checkpointer = make_checkpointer(tmp_path)
+    path = checkpointer.save(
+        0, 1, model=model, train_state={}, rng_state=None, config_yaml="", model_identity={"architecture": "MLP"}
+    )
+    assert not (path / "rng_rank0.pt").exists()
+    restored = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    checkpointer.load(path, model=restored)
+    assert params_equal(model, restored)
+
+
+class RenamedLlama(LlamaForCausalLM):
+    """Saved by transformers in an 'original' layout whose names differ from the module's (as MoE / VLM models are)."""
+
+
+def test_weights_in_a_converted_layout_load_through_transformers(tmp_path, caplog):
+    register_checkpoint_conversion_mapping(
+        "RenamedLlama", [WeightRenaming(r"\.legacy_norm\.", ".post_attention_layernorm.")], overwrite=True
+    )
+    model = make_model(seed=0, cls=RenamedLlama)
+    path = save(make_checkpointer(tmp_path), 0, 1, model)
+    from safetensors import safe_open
+
+    with safe_open(path / "model" / "model.safetensors", "pt") as f:
+        assert "model.layers.0.legacy_norm.weight" in set(f.keys())
+    restored = make_model(seed=1, cls=RenamedLlama)
+    with caplog.at_level(logging.INFO):
+        make_checkpointer(tmp_path).load(path, model=restored)
+    assert "loading through from_pretrained" in caplog.text
+    assert params_equal(model, restored)
+
+
+def test_loading_into_another_model_fails_clearly(tmp_path):
+    path = save(make_checkpointer(tmp_path), 0, 1, make_model(seed=0))
+    with pytest.raises(CheckpointError, match=r"do not fit the model .*size mismatch"):
+        make_checkpointer(tmp_path).load(path, model=make_model(vocab_size=256))
+    with pytest.raises(CheckpointError, match=r"do not fit the model: missing \['0.weight', '0.bias'\]"):
+        make_checkpointer(tmp_path).load(path, model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_optimizer_state_required_when_an_optimizer_is_passed(tmp_path):
+    model = make_model()
+    path = save(make_checkpointer(tmp_path), 0, 1, model)  # saved without optimizer
+    optimizer, _ = make_optim(model)
+    with pytest.raises(CheckpointError, match=r"has no optim.pt \(it was saved without an optimizer\)"):
+        make_checkpointer(tmp_path).load(path, optimizer=optimizer)
+
+
+def test_optimizer_state_of_other_parameters_is_refused(tmp_path):
+    model = make_model()
+    optimizer, scheduler = make_optim(model)
+    train_step(model, optimizer, scheduler, 0)
+    path = save(make_checkpointer(tmp_path), 0, 1, model, optimizer=optimizer, lr_scheduler=scheduler)
+    other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(CheckpointError, match=r"optimizer state in .* does not fit this optimizer"):
+        make_checkpointer(tmp_path).load(path, optimizer=other)
+
+
+def test_missing_rank_rng_state_is_none_with_a_warning(tmp_path, caplog):
+    path = save(make_checkpointer(tmp_path), 0, 1, make_model())
+    with caplog.at_level(logging.WARNING):
+        loaded = make_checkpointer(tmp_path).load(path, rank=1)
+    assert loaded["rng_state"] is None
+    assert "no RNG state for rank 1 (saved with world_size 1" in caplog.text
+
+
+def test_disabled_checkpointer_writes_nothing(tmp_path):
+    checkpointer = Checkpointer(CheckpointConfig(enabled=False, checkpoint_dir=str(tmp_path / "ckpt")))
+    assert save(checkpointer, 0, 1, make_model()) is None
+    assert not (tmp_path / "ckpt").exists()
+    assert checkpointer.find_resume_checkpoint() is None
+
+
+def test_existing_checkpoint_is_never_overwritten(tmp_path, caplog):
+    model = make_model()
+    first = make_checkpointer(tmp_path)
+    path = save(first, 0, 2, model)
+    stamp = (path / "meta.json").read_text()
+
+    # the same run saving the same step again (final save after the last step): skipped
+    assert save(first, 0, 2, model, train_state={"other": 1}) == path
+    # another run: refused
+    with pytest.raises(CheckpointError, match=r"epoch_0_step_2' already exists and was not written by this run"):
+        save(make_checkpointer(tmp_path), 0, 2, model)
+    # a run that resumed from it: skipped with a warning
+    resumed = make_checkpointer(tmp_path)
+    resumed.load(resumed.find_resume_checkpoint())
+    with caplog.at_level(logging.WARNING):
+        assert save(resumed, 0, 2, model) == path
+    assert "is the one this run resumed from" in caplog.text
+    assert (path / "meta.json").read_text() == stamp
+    assert json.loads((path / "train_state.json").read_text())["step_scheduler"]["step"] == 2
+
+
+def test_failed_save_leaves_previous_checkpoint_and_latest_untouched(tmp_path):
+    model = make_model()
+    checkpointer = make_checkpointer(tmp_path)
+    save(checkpointer, 0, 1, model)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save(checkpointer, 0, 2, model, train_state={"bad": object()})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save(checkpointer, 0, 3, model, rng_state=Unpicklable())
+    root = tmp_path / "ckpt"
+    assert (root / "LATEST").read_text().strip() == "epoch_0_step_1"
+    assert not (root / "epoch_0_step_3").exists()
+    assert checkpointer.find_resume_checkpoint() == root / "epoch_0_step_1"
+
+
+def test_unwritable_checkpoint_dir_is_a_user_error(tmp_path):
+    (tmp_path / "ckpt").write_text("a file, not a directory")
+    with pytest.raises(CheckpointError, match=r"cannot create a checkpoint in checkpoint.checkpoint_dir '.*ckpt'"):
+        save(make_checkpointer(tmp_path), 0, 1, make_model())

@@ -1,0 +1,28 @@
+"""Datasets, collation, sampling and previews for fine-tuning.
+
+Data contract: a dataset yields ``{"input_ids": list[int], "labels": list[int]}`` of equal length, labels already
+shifted (``labels[t]`` is the token to predict at position ``t``, or -100 for no loss); ``default_collater`` pads a
+batch and adds ``attention_mask``.
+"""
+
+from automodel.components.datasets._errors import DatasetError
+from automodel.components.datasets.llm import (
+    ColumnMappedTextInstructionDataset,
+    SFTDataset,
+    make_chat_dataset,
+    make_squad_dataset,
+)
+from automodel.components.datasets.preview import render_sample
+from automodel.components.datasets.sampler import ResumableSampler
+from automodel.components.datasets.utils import default_collater
+
+__all__ = [
+    "ColumnMappedTextInstructionDataset",
+    "DatasetError",
+    "ResumableSampler",
+    "SFTDataset",
+    "default_collater",
+    "make_chat_dataset",
+    "make_squad_dataset",
+    "render_sample",
+]

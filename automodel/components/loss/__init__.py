@@ -1,0 +1,5 @@
+"""Loss functions over already-shifted labels (see docs/architecture.md, "Data contract")."""
+
+from automodel.components.loss.masked_ce import LossError, MaskedCrossEntropy
+
+__all__ = ["LossError", "MaskedCrossEntropy"]

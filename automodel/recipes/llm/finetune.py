@@ -1,0 +1,478 @@
+"""Fine-tune a Hugging Face causal LM (SFT) from one YAML file.
+
+    automodel llm finetune -c examples/llm/smollm2_135m_squad.yaml [--step_scheduler.max_steps 20 ...]
+    python automodel/recipes/llm/finetune.py -c CONFIG [--dotted.key value ...]
+    torchrun --nproc-per-node 2 automodel/recipes/llm/finetune.py -c CONFIG
+
+The file reads top to bottom: validate -> distributed and seed -> build (model, data, loss, optimizer, schedule,
+checkpoint, loggers) -> resume -> loop -> final save. Only the build section reads the config; the loop sees built
+objects. Reusable pieces live in `automodel.components`; this file only composes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from automodel._shared.errors import UserError, exit_on_user_error
+from automodel.components._transformers import NeMoAutoTokenizer, resolve_model_path
+from automodel.components.checkpoint import CheckpointConfig, Checkpointer
+from automodel.components.config import (
+    ConfigNode,
+    Section,
+    apply_overrides,
+    instantiate,
+    load_config,
+    parse_cli_args,
+    resolve_target,
+    validate_config,
+)
+from automodel.components.datasets import ResumableSampler
+from automodel.components.datasets.preview import render_sample
+from automodel.components.datasets.utils import default_collater
+from automodel.components.distributed import (
+    CompileConfig,
+    DistEnvConfig,
+    DistInfo,
+    DistributedConfig,
+    all_reduce_sum,
+    destroy_distributed,
+    initialize_distributed,
+    parallelize_model,
+)
+from automodel.components.loggers import LoggingConfig, WandbLogger, build_loggers
+from automodel.components.loss.masked_ce import MaskedCrossEntropy
+from automodel.components.optim import build_lr_scheduler
+from automodel.components.training import (
+    ClipGradNormConfig,
+    MixedPrecisionConfig,
+    ShutdownSignal,
+    StatefulRNG,
+    StepScheduler,
+    default_peak_flops,
+    flops_per_token,
+    mfu,
+    peak_memory_gib,
+)
+
+logger = logging.getLogger("automodel.recipes.llm.finetune")
+
+# Every section a config may have: what builds it when it has no `_target_`, and which keyword arguments the recipe
+# supplies itself at build time. validate_config binds each section to that signature before anything is loaded.
+_DATALOADER = Section(
+    default_target=DataLoader,
+    provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn"}),
+    ignore=frozenset({"shuffle"}),
+)
+SCHEMA: dict[str, Section] = {
+    "recipe": Section(),  # the newer `automodel CONFIG.yaml` grammar names the recipe here
+    "seed": Section(),
+    "step_scheduler": Section(
+        default_target=StepScheduler, provided=frozenset({"dp_size", "dataloader"}), required=True
+    ),
+    "dist_env": Section(default_target=DistEnvConfig),
+    "rng": Section(default_target=StatefulRNG, provided=frozenset({"rank"})),
+    "model": Section(required=True),
+    "tokenizer": Section(default_target=NeMoAutoTokenizer.from_pretrained),
+    "distributed": Section(default_target=DistributedConfig),
+    "compile": Section(default_target=CompileConfig),
+    "mixed_precision": Section(default_target=MixedPrecisionConfig),
+    "loss_fn": Section(default_target=MaskedCrossEntropy),
+    "dataset": Section(required=True, provided=frozenset({"tokenizer"})),
+    "packed_sequence": Section(),
+    "dataloader": _DATALOADER,
+    "validation_dataset": Section(provided=frozenset({"tokenizer"})),
+    "validation_dataloader": _DATALOADER,
+    "optimizer": Section(default_target=torch.optim.AdamW, provided=frozenset({"params"})),
+    "lr_scheduler": Section(default_target=build_lr_scheduler, provided=frozenset({"optimizer", "total_steps"})),
+    "clip_grad_norm": Section(default_target=ClipGradNormConfig),
+    "checkpoint": Section(default_target=CheckpointConfig),
+    "logging": Section(default_target=LoggingConfig),
+    "wandb": Section(default_target=WandbLogger, provided=frozenset({"rank", "config"})),
+}
+
+
+def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
+    """Cross-section rules that signatures alone cannot express."""
+
+    def batch_sizes(cfg: ConfigNode) -> list[str]:
+        gbs, lbs = cfg.get("step_scheduler.global_batch_size"), cfg.get("step_scheduler.local_batch_size")
+        if isinstance(gbs, int) and isinstance(lbs, int) and lbs > 0 and gbs % (lbs * world_size):
+            return [
+                f"step_scheduler.global_batch_size({gbs}) must be a multiple of local_batch_size({lbs}) x "
+                f"data-parallel size({world_size}) = {lbs * world_size}"
+            ]
+        return []
+
+    def scalars(cfg: ConfigNode) -> list[str]:
+        errors = []
+        if "seed" in cfg and not isinstance(cfg.seed, int):
+            errors.append(f"seed: expected an integer, got {cfg.seed!r}")
+        if "recipe" in cfg and not isinstance(cfg.recipe, str):
+            errors.append(f"recipe: expected a recipe name, got {cfg.recipe!r}")
+        size = cfg.get("packed_sequence.packed_sequence_size", 0)
+        if size not in (0, None):
+            errors.append("packed_sequence.packed_sequence_size: packing is not available in this version; set it to 0")
+        model = cfg.get("model")
+        if isinstance(model, ConfigNode) and "_target_" not in model:
+            errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForCausalLM.from_pretrained")
+        if isinstance(model, ConfigNode) and "tokenizer" not in cfg and "pretrained_model_name_or_path" not in model:
+            errors.append(
+                "tokenizer: a model built from a config needs a tokenizer section (pretrained_model_name_or_path)"
+            )
+        return errors
+
+    return [batch_sizes, scalars]
+
+
+def validate(cfg: ConfigNode, world_size: int = 1) -> None:
+    """Check the whole config (keys, targets, types, batch sizes) before any data or weights are touched."""
+    validate_config(cfg, SCHEMA, checks=_checks(world_size))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small building blocks (plain functions; the loop below calls them)
+# ---------------------------------------------------------------------------------------------------------------
+def build_dataloader(
+    node: ConfigNode | None,
+    dataset: Any,
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    dist_info: DistInfo,
+    seed: int,
+    train: bool,
+) -> DataLoader:
+    """A dataloader whose order is a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    node = node.copy() if node is not None else ConfigNode({})
+    shuffle = bool(node.pop("shuffle", train))
+    collate = resolve_target(node.pop("collate_fn")) if "collate_fn" in node else default_collater
+    if "pad_token_id" in inspect.signature(collate).parameters:
+        collate = functools.partial(collate, pad_token_id=pad_token_id)
+    sampler = ResumableSampler(
+        len(dataset),
+        shuffle=shuffle,
+        seed=seed,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+        drop_last=train,
+    )
+    return instantiate(
+        node, default_target=DataLoader, dataset=dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate
+    )
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    loss_fn: Callable,
+    num_label_tokens: Any,
+    autocast: contextlib.AbstractContextManager,
+) -> torch.Tensor:
+    # use_cache=False: training never needs the KV cache, and with it packed documents would attend to each other.
+    with autocast:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return loss_fn(logits, batch["labels"], num_label_tokens=num_label_tokens)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, autocast: Any, device: torch.device
+) -> dict:
+    """Mean loss per supervised token over the whole validation set (summed over ranks)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, supervised tokens]
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        totals[0] += forward_loss(model, batch, loss_fn, 1, autocast).double()  # num_label_tokens=1 -> the sum
+        totals[1] += (batch["labels"] != -100).sum()
+    model.train()
+    loss_sum, tokens = all_reduce_sum(totals).tolist()
+    loss = loss_sum / max(tokens, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
+
+
+def train_step(
+    model: torch.nn.Module, batches: list[dict], loss_fn: Callable, autocast: Any, dist_info: DistInfo
+) -> dict:
+    """Forward and backward over the micro-batches of one optimizer step.
+
+    Each micro-batch loss is its summed token loss divided by the supervised-token count of the whole global batch
+    (all micro-batches, all ranks), times the data-parallel size because DDP averages gradients over ranks: the
+    accumulated gradient then equals that of one big batch, however it is split.
+    """
+    batches = [{k: v.to(dist_info.device) for k, v in b.items()} for b in batches]
+    counts = torch.tensor(
+        [sum(int((b["labels"] != -100).sum()) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches)],
+        dtype=torch.float64,
+        device=dist_info.device,
+    )
+    num_label_tokens, num_tokens = all_reduce_sum(counts).tolist()  # host sync: one small all-reduce per step
+    if num_label_tokens == 0:
+        raise UserError("a global batch has no supervised token (all labels are -100); check the dataset's loss mask")
+    loss_sum = torch.zeros((), device=dist_info.device)
+    for i, batch in enumerate(batches):
+        # Only the last micro-batch all-reduces gradients (DDP's no_sync skips it for the others).
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss = forward_loss(model, batch, loss_fn, num_label_tokens, autocast) * dist_info.world_size
+            loss.backward()
+        loss_sum += loss.detach() / dist_info.world_size
+    return {
+        "loss": all_reduce_sum(loss_sum).item(),
+        "num_label_tokens": int(num_label_tokens),
+        "num_tokens": int(num_tokens),
+        "seq_len": max(b["input_ids"].shape[1] for b in batches),
+    }
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    try:  # transformers' own INFO chatter would drown our lines
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+
+
+def model_identity(model: torch.nn.Module, source: str | None) -> dict:
+    config = getattr(model, "config", None)
+    return {
+        "architecture": type(model).__name__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "name_or_path": source,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------------------------
+def main(cfg: ConfigNode) -> dict[str, Any]:
+    """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses)."""
+    # --- distributed, logging, seed ---------------------------------------------------------------------------
+    dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
+    dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
+    setup_logging(dist_info.rank)
+    validate(cfg, dist_info.world_size)
+    rng_node = cfg.get("rng") or ConfigNode({"seed": cfg.get("seed", 42)})
+    rng = instantiate(rng_node, default_target=StatefulRNG, rank=dist_info.rank)
+    seed = rng_node.get("seed", 42)
+
+    # --- model and tokenizer ---------------------------------------------------------------------------------
+    precision = instantiate(cfg.get("mixed_precision"), default_target=MixedPrecisionConfig)
+    model_source = cfg.model.get("pretrained_model_name_or_path")
+    if model_source is not None:
+        model_source = resolve_model_path(model_source, cfg.model.get("gguf_file"))
+    model = instantiate(cfg.model)
+    tokenizer = instantiate(
+        cfg.get("tokenizer"),
+        default_target=NeMoAutoTokenizer.from_pretrained,
+        **({} if "tokenizer" in cfg else {"pretrained_model_name_or_path": model_source}),
+    )
+    precision.check(model, dist_info.device)
+    model.to(dist_info.device)
+    model.train()
+    autocast = precision.autocast(dist_info.device)
+    identity = model_identity(model, model_source)
+
+    # --- data --------------------------------------------------------------------------------------------------
+    local_batch_size = cfg.step_scheduler.local_batch_size
+    dataset = instantiate(cfg.dataset, tokenizer=tokenizer)
+    train_loader = build_dataloader(
+        cfg.get("dataloader"),
+        dataset,
+        batch_size=local_batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        dist_info=dist_info,
+        seed=seed,
+        train=True,
+    )
+    val_loader = None
+    if "validation_dataset" in cfg:
+        val_dataset = instantiate(cfg.validation_dataset, tokenizer=tokenizer)
+        val_loader = build_dataloader(
+            cfg.get("validation_dataloader"),
+            val_dataset,
+            batch_size=local_batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            dist_info=dist_info,
+            seed=seed,
+            train=False,
+        )
+
+    # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------
+    distributed = instantiate(cfg.get("distributed"), default_target=DistributedConfig)
+    dp_size = distributed.resolve_dp_size(dist_info.world_size)
+    train_model = parallelize_model(
+        model, dist_info, distributed, instantiate(cfg.get("compile"), default_target=CompileConfig)
+    )
+    loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
+    step_scheduler = instantiate(
+        cfg.step_scheduler, default_target=StepScheduler, dp_size=dp_size, dataloader=train_loader
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=trainable)
+    lr_scheduler = instantiate(
+        cfg.get("lr_scheduler"),
+        default_target=build_lr_scheduler,
+        optimizer=optimizer,
+        total_steps=step_scheduler.total_steps,
+    )
+    max_norm = instantiate(cfg.get("clip_grad_norm"), default_target=ClipGradNormConfig).max_norm
+
+    # --- checkpointing and logging -------------------------------------------------------------------------------
+    checkpointer = Checkpointer(
+        instantiate(cfg.get("checkpoint"), default_target=CheckpointConfig),
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    log_cfg = instantiate(cfg.get("logging"), default_target=LoggingConfig)
+    log_dir = log_cfg.resolve_log_dir(checkpointer.config.checkpoint_dir if checkpointer.config.enabled else None)
+    metric_loggers = build_loggers(
+        step_scheduler.total_steps,
+        rank=dist_info.rank,
+        jsonl_path=f"{log_dir}/metrics.jsonl",
+        wandb=cfg.wandb.to_dict() if "wandb" in cfg else None,
+        wandb_config=cfg.to_dict(raw=True),
+        progress_bar=log_cfg.progress_bar,
+        log_every_steps=log_cfg.log_every_steps,
+    )
+    peak_flops = default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
+
+    # --- resume ------------------------------------------------------------------------------------------------
+    resume_from = checkpointer.find_resume_checkpoint()
+    if resume_from is not None:
+        checkpointer.check_identity(resume_from, identity)
+        state = checkpointer.load(
+            resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=dist_info.rank
+        )
+        step_scheduler.load_state_dict(state["train_state"]["step_scheduler"])
+        if state["rng_state"] is not None:
+            rng.load_state_dict(state["rng_state"])
+        metric_loggers.resume(step_scheduler.step)
+        logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)
+
+    def save_checkpoint() -> None:
+        path = checkpointer.save(
+            step_scheduler.epoch,
+            step_scheduler.step,
+            model=model,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            train_state={"step_scheduler": step_scheduler.state_dict()},
+            rng_state=rng.state_dict(),
+            config_yaml=cfg.to_yaml(),
+            model_identity=identity,
+        )
+        summary["checkpoint"] = str(path)
+
+    def validate_now() -> float | None:
+        if val_loader is None:
+            return None
+        metrics = evaluate(train_model, val_loader, loss_fn, autocast, dist_info.device)
+        metric_loggers.log(metrics, step_scheduler.step, prefix="val")
+        return metrics["loss"]
+
+    # --- training loop -----------------------------------------------------------------------------------------
+    summary: dict[str, Any] = {"train_losses": {}, "checkpoint": None}
+    summary["val_loss_before"] = validate_now() if step_scheduler.step == 0 else None
+    val_loss = summary["val_loss_before"]
+    with ShutdownSignal() as shutdown:
+        for batches in step_scheduler:
+            start = time.perf_counter()
+            stats = train_step(train_model, batches, loss_fn, autocast, dist_info)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - start
+            tokens_per_s = stats["num_tokens"] / elapsed
+            metrics = {
+                "loss": stats["loss"],
+                "grad_norm": grad_norm.item(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "tokens_per_s": tokens_per_s,
+                "peak_memory_gib": peak_memory_gib(dist_info.device),
+                "num_label_tokens": stats["num_label_tokens"],
+                "step_time_s": elapsed,
+                "epoch": step_scheduler.epoch,
+            }
+            if peak_flops:  # MFU per device: 6N + attention FLOPs per token (see training/throughput.py)
+                per_device = tokens_per_s / dist_info.world_size
+                metrics["mfu"] = mfu(per_device, flops_per_token(model.config, stats["seq_len"]), peak_flops)
+            metric_loggers.log(metrics, step_scheduler.step)
+            summary["train_losses"][step_scheduler.step] = stats["loss"]
+            stop = shutdown.any_rank_requested()
+            if step_scheduler.is_val_step and not step_scheduler.is_last_step:
+                val_loss = validate_now()
+            if checkpointer.config.enabled and (step_scheduler.is_ckpt_step or step_scheduler.is_last_step or stop):
+                save_checkpoint()
+            if stop:
+                logger.warning("Stopping after step %d because a shutdown signal arrived", step_scheduler.step)
+                break
+        else:
+            val_loss = validate_now() if summary["train_losses"] else val_loss
+
+    # --- wrap up -----------------------------------------------------------------------------------------------
+    summary["val_loss_after"] = val_loss
+    if summary["val_loss_before"] is not None and val_loss is not None:
+        logger.info("Validation loss: %.4f before training -> %.4f after", summary["val_loss_before"], val_loss)
+    if summary["checkpoint"]:
+        logger.info(
+            "Saved %s/model (load it with transformers.AutoModelForCausalLM.from_pretrained)", summary["checkpoint"]
+        )
+    metric_loggers.close()
+    destroy_distributed()
+    return summary
+
+
+def preview(cfg: ConfigNode, *, split: str = "train", num_samples: int = 2, color: bool = True) -> list[str]:
+    """Render the first samples of the train (or validation) dataset with the tokens that carry loss highlighted."""
+    setup_logging(0)
+    section = "dataset" if split == "train" else "validation_dataset"
+    if section not in cfg:
+        raise UserError(f"{section}: the config has no such section to preview")
+    model_source = cfg.model.get("pretrained_model_name_or_path")
+    if model_source is not None:
+        model_source = resolve_model_path(model_source, cfg.model.get("gguf_file"))
+    tokenizer = instantiate(
+        cfg.get("tokenizer"),
+        default_target=NeMoAutoTokenizer.from_pretrained,
+        **({} if "tokenizer" in cfg else {"pretrained_model_name_or_path": model_source}),
+    )
+    dataset = instantiate(cfg[section], tokenizer=tokenizer)
+    return [render_sample(dataset[i], tokenizer, color=color) for i in range(min(num_samples, len(dataset)))]
+
+
+def cli(argv: Iterable[str] | None = None) -> None:
+    """`python automodel/recipes/llm/finetune.py -c CONFIG [overrides]` (also what torchrun runs on every rank)."""
+
+    def run() -> None:
+        config_path, overrides = parse_cli_args(list(sys.argv[1:] if argv is None else argv))
+        main(apply_overrides(load_config(config_path), overrides))
+
+    exit_on_user_error(run)
+
+
+if __name__ == "__main__":
+    cli()
