@@ -234,6 +234,9 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if origin is typing.Literal:
         return any(value == c and type(value) is type(c) for c in typing.get_args(annotation))
     outer = origin if origin in (list, tuple, dict) else annotation
+    if _is_tensor_class(outer):
+        # A YAML value is never a tensor (torch optimizers annotate `lr: float | Tensor`).
+        return False if isinstance(value, (str, int, float, bool, list, Mapping)) else None
     if outer not in _SIMPLE:
         return None
     if outer is bool:
@@ -247,6 +250,11 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if outer in (list, tuple):
         return isinstance(value, (list, tuple))  # YAML has no tuples: a list is fine for `tuple[float, float]`
     return isinstance(value, Mapping)
+
+
+def _is_tensor_class(annotation: Any) -> bool:
+    # Checked by name: this component does not import torch.
+    return getattr(annotation, "__module__", None) == "torch" and getattr(annotation, "__name__", None) == "Tensor"
 
 
 def _describe(annotation: Any) -> str:

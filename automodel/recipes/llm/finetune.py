@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -244,13 +245,15 @@ def setup_logging(rank: int) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
-    try:  # transformers' own INFO chatter would drown our lines
-        import transformers
+    # Library chatter that would drown our lines: transformers' INFO and load bars, datasets' "Generating split"
+    # bars, and a torchdata deprecation warning emitted on every dataloader start.
+    import datasets
+    import transformers
 
-        transformers.logging.set_verbosity_warning()
-        transformers.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a core dependency
-        pass
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 def model_identity(model: torch.nn.Module, source: str | None) -> dict:

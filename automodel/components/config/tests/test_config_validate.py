@@ -230,3 +230,12 @@ def test_checks_add_to_the_report():
 def test_section_normalises_collections():
     section = Section(provided=["a", "b"], ignore="c")
     assert section.provided == frozenset({"a", "b"}) and section.ignore == frozenset({"c"})
+
+
+def test_tensor_annotations_refuse_yaml_scalars():
+    # torch optimizers annotate `lr: float | Tensor`: a string can be neither.
+    cfg = load_yaml_text("optimizer:\n  _target_: torch.optim.AdamW\n  lr: fast\n")
+    with pytest.raises(ConfigValidationError, match=r"optimizer\.lr: expected float or Tensor, got str 'fast'"):
+        validate_config(cfg, {"optimizer": Section(provided=frozenset({"params"}))})
+    cfg.optimizer.lr = 1e-3
+    validate_config(cfg, {"optimizer": Section(provided=frozenset({"params"}))})

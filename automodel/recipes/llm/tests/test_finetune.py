@@ -1,0 +1,271 @@
+"""End-to-end tests of the LLM finetune recipe on a tiny offline model: golden losses, checkpoints that transformers
+loads, exact resume after SIGKILL, SIGTERM pre-emption, DDP over 2 processes, and the recipe file run directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from automodel.components.config import load_config
+from automodel.recipes.llm import finetune
+from automodel.recipes.llm.tests.conftest import REPO, write_config
+
+# Train losses of the first run below (fp32, CPU, seed 1234). They pin the whole pipeline: tokenisation, prompt
+# masking, sampling order, loss normalisation, optimizer and LR schedule. Regenerate only for an intended change.
+GOLDEN_LOSSES = {1: 6.9650, 2: 6.9708, 3: 6.9303, 4: 6.7569, 5: 6.7759, 6: 6.8296}
+
+
+def read_metrics(path: Path, split: str = "train") -> dict[int, dict]:
+    """Step -> last logged record (a resumed run logs some steps twice; the later record wins)."""
+    records = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] == split:
+            records[record["step"]] = record
+    return records
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "automodel", *args]
+
+
+def test_golden_losses_checkpoint_and_validation(tiny_model_dir: Path, tmp_path: Path):
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt"))
+    summary = finetune.main(cfg)
+
+    losses = {step: round(loss, 4) for step, loss in summary["train_losses"].items()}
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+
+    # Checkpoints every 2 steps, LATEST names the last; the model folder is a plain HF folder.
+    ckpt = tmp_path / "ckpt"
+    assert sorted(p.name for p in ckpt.glob("epoch_*")) == ["epoch_0_step_2", "epoch_0_step_4", "epoch_0_step_6"]
+    assert (ckpt / "LATEST").read_text().strip() == "epoch_0_step_6"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt / "epoch_0_step_6" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt / "epoch_0_step_6" / "model")
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    ids = tokenizer("Context: a river. Question: how long?", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    # The saved config keeps the YAML's values and is itself a valid config.
+    saved = load_config(ckpt / "epoch_0_step_6" / "config.yaml")
+    finetune.validate(saved)
+    assert saved.step_scheduler.max_steps == 6
+
+    metrics = read_metrics(ckpt / "metrics.jsonl")
+    assert set(metrics) == set(GOLDEN_LOSSES)
+    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "peak_memory_gib", "mfu", "num_label_tokens"):
+        assert key in metrics[1], key
+    assert set(read_metrics(ckpt / "metrics.jsonl", "val")) == {0, 3, 6}
+
+
+def _start(cfg_path: Path, *extra: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli_command("llm", "finetune", "-c", str(cfg_path), *extra),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the run ended before the test could interrupt it"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.005)
+
+
+LONG_RUN = (
+    "--step_scheduler.max_steps",
+    "40",
+    "--step_scheduler.ckpt_every_steps",
+    "5",
+    "--step_scheduler.val_every_steps",
+    "none",
+    "--dataset.limit_dataset_samples",
+    "200",
+)
+
+
+def test_sigkill_then_resume_continues_the_same_trajectory(tiny_model_dir: Path, tmp_path: Path):
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    # The reference: one uninterrupted run, in another checkpoint dir.
+    ref = subprocess.run(
+        cli_command("llm", "finetune", "-c", str(cfg), *LONG_RUN, "--checkpoint.checkpoint_dir", str(tmp_path / "ref")),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    assert len(reference) == 40
+
+    # Kill -9 as soon as the first checkpoint is published, mid-run.
+    proc = _start(cfg, *LONG_RUN, log=tmp_path / "killed.log")
+    _wait_for(lambda: (tmp_path / "ckpt" / "LATEST").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(read_metrics(tmp_path / "ckpt" / "metrics.jsonl"))
+    resumed_from = int((tmp_path / "ckpt" / "LATEST").read_text().strip().rsplit("_", 1)[1])
+    assert resumed_from < 40
+
+    again = subprocess.run(
+        cli_command("llm", "finetune", "-c", str(cfg), *LONG_RUN), capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed from {tmp_path / 'ckpt'}" in again.stderr
+    resumed = read_metrics(tmp_path / "ckpt" / "metrics.jsonl")
+    assert sorted(resumed) == list(range(1, 41)), (killed_at, resumed_from)
+    for step in range(resumed_from + 1, 41):
+        assert abs(resumed[step]["loss"] - reference[step]["loss"]) <= 1e-6, step
+        assert abs(resumed[step]["lr"] - reference[step]["lr"]) <= 1e-12, step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir: Path, tmp_path: Path):
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    proc = _start(cfg, *LONG_RUN, "--step_scheduler.ckpt_every_steps", "1000", log=tmp_path / "run.log")
+    metrics = tmp_path / "ckpt" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and '"split": "train"' in metrics.read_text(), proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    latest = (tmp_path / "ckpt" / "LATEST").read_text().strip()
+    step = int(latest.rsplit("_", 1)[1])
+    assert 1 <= step < 40 and max(read_metrics(metrics)) == step
+    assert "shutdown signal" in (tmp_path / "run.log").read_text()
+
+
+def test_ddp_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Path):
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "single")
+    common = (
+        "--step_scheduler.max_steps",
+        "3",
+        "--step_scheduler.val_every_steps",
+        "none",
+        "--dist_env.backend",
+        "nccl",
+    )  # no CUDA here: must fall back to gloo with a warning
+    one = subprocess.run(
+        cli_command("llm", "finetune", "-c", str(cfg), *common), capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        cli_command(
+            "llm",
+            "finetune",
+            "-c",
+            str(cfg),
+            "--nproc-per-node",
+            "2",
+            *common,
+            "--checkpoint.checkpoint_dir",
+            str(tmp_path / "ddp"),
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-5000:]
+    assert "using 'gloo' instead" in two.stderr
+    single, ddp = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    for step in (1, 2, 3):
+        # Same global batch (rank shards of one permutation), different padding: equal up to fp32 reduction order.
+        assert ddp[step]["loss"] == pytest.approx(single[step]["loss"], abs=1e-5)
+        assert ddp[step]["num_label_tokens"] == single[step]["num_label_tokens"]
+    w1 = _weights(tmp_path / "single" / "epoch_0_step_3" / "model")
+    w2 = _weights(tmp_path / "ddp" / "epoch_0_step_3" / "model")
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_recipe_file_runs_directly(tiny_model_dir: Path, tmp_path: Path):
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    script = REPO / "automodel" / "recipes" / "llm" / "finetune.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "-c",
+            str(cfg),
+            "--step_scheduler.max_steps=2",
+            "--checkpoint.enabled",
+            "false",
+            "--logging.log_dir",
+            str(tmp_path / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(read_metrics(tmp_path / "logs" / "metrics.jsonl")) == [1, 2]
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.slow
+def test_real_smollm2_default_example(tmp_path: Path):
+    """The README's default example, shortened to 2 steps, on the real SmolLM2-135M-Instruct."""
+    from automodel.components._transformers import prepare_smollm2
+
+    model_dir = prepare_smollm2(os.environ.get("AUTOMODEL_SMOLLM2_DIR", str(REPO / "models/SmolLM2-135M-Instruct")))
+    proc = subprocess.run(
+        cli_command(
+            "llm",
+            "finetune",
+            "-c",
+            "examples/llm/smollm2_135m_squad.yaml",
+            "--model.pretrained_model_name_or_path",
+            str(model_dir),
+            "--step_scheduler.max_steps",
+            "2",
+            "--step_scheduler.global_batch_size",
+            "2",
+            "--step_scheduler.local_batch_size",
+            "2",
+            "--validation_dataset.split",
+            "train[:4]",
+            "--lr_scheduler.lr_warmup_steps",
+            "0",
+            "--checkpoint.checkpoint_dir",
+            str(tmp_path / "ckpt"),
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Validation loss:" in proc.stderr
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "ckpt" / "epoch_0_step_2" / "model"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008 and tokenizer.eos_token_id == 2
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    reply = tokenizer.decode(model.generate(**inputs, max_new_tokens=12, do_sample=False)[0])
+    assert "Paris" in reply  # two small steps must not break what the model knows
