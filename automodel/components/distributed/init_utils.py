@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -57,6 +58,9 @@ def initialize_distributed(backend: str = "auto", timeout_minutes: float = 30.0)
             timeout=datetime.timedelta(minutes=timeout_minutes),
             device_id=device if chosen == "nccl" else None,
         )
+        # Also on an error exit: a process group left alive at interpreter exit can abort the process (gloo's
+        # threads), which would replace a clean exit status with SIGABRT.
+        atexit.register(destroy_distributed)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=chosen)
 
 

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -76,7 +77,6 @@ _DATALOADER = Section(
     ignore=frozenset({"shuffle"}),
 )
 SCHEMA: dict[str, Section] = {
-    "recipe": Section(),  # the newer `automodel CONFIG.yaml` grammar names the recipe here
     "seed": Section(),
     "step_scheduler": Section(
         default_target=StepScheduler, provided=frozenset({"dp_size", "dataloader"}), required=True
@@ -119,8 +119,6 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
         errors = []
         if "seed" in cfg and not isinstance(cfg.seed, int):
             errors.append(f"seed: expected an integer, got {cfg.seed!r}")
-        if "recipe" in cfg and not isinstance(cfg.recipe, str):
-            errors.append(f"recipe: expected a recipe name, got {cfg.recipe!r}")
         size = cfg.get("packed_sequence.packed_sequence_size", 0)
         if size not in (0, None):
             errors.append("packed_sequence.packed_sequence_size: packing is not available in this version; set it to 0")
@@ -138,6 +136,8 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
 
 def validate(cfg: ConfigNode, world_size: int = 1) -> None:
     """Check the whole config (keys, targets, types, batch sizes) before any data or weights are touched."""
+    cfg = cfg.copy()
+    cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
     validate_config(cfg, SCHEMA, checks=_checks(world_size))
 
 
@@ -271,11 +271,11 @@ def model_identity(model: torch.nn.Module, source: str | None) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 def main(cfg: ConfigNode) -> dict[str, Any]:
     """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses)."""
-    # --- distributed, logging, seed ---------------------------------------------------------------------------
+    # --- validation, distributed, logging, seed ----------------------------------------------------------------
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
     dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
     setup_logging(dist_info.rank)
-    validate(cfg, dist_info.world_size)
     rng_node = cfg.get("rng") or ConfigNode({"seed": cfg.get("seed", 42)})
     rng = instantiate(rng_node, default_target=StatefulRNG, rank=dist_info.rank)
     seed = rng_node.get("seed", 42)

@@ -269,3 +269,81 @@ def test_real_smollm2_default_example(tmp_path: Path):
     )
     reply = tokenizer.decode(model.generate(**inputs, max_new_tokens=12, do_sample=False)[0])
     assert "Paris" in reply  # two small steps must not break what the model knows
+
+
+def _rows(n: int) -> list[dict]:
+    from automodel.recipes.llm.tests.conftest import DATA
+
+    return [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()[:n]]
+
+
+def _replace_dataset(cfg_path: Path, dataset_yaml: str) -> None:
+    text = cfg_path.read_text()
+    start, end = text.index("dataset:\n"), text.index("validation_dataset:")
+    text = text[:start] + dataset_yaml + text[end:]
+    start, end = text.index("validation_dataset:\n"), text.index("dataloader:")
+    cfg_path.write_text(text[:start] + "validation_" + dataset_yaml + text[end:])
+
+
+def test_column_mapped_and_chat_formats_train(tiny_model_dir: Path, tmp_path: Path):
+    rows = _rows(40)
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text(
+        "".join(
+            json.dumps({"passage": r["context"], "q": r["question"], "a": r["answers"]["text"][0]}) + "\n" for r in rows
+        )
+    )
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Answer with a span of the context."},
+                        {"role": "user", "content": f"{r['context']}\n{r['question']}"},
+                        {"role": "assistant", "content": r["answers"]["text"][0]},
+                    ]
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+    formats = {
+        "column_mapped": (
+            "dataset:\n  _target_: automodel.components.datasets.llm.column_mapped_text_instruction_dataset."
+            f"ColumnMappedTextInstructionDataset\n  path_or_dataset_id: {flat}\n  split: train[:32]\n"
+            "  column_mapping: {context: passage, question: q, answer: a}\n"
+        ),
+        "chat": (
+            "dataset:\n  _target_: automodel.components.datasets.llm.chat.make_chat_dataset\n"
+            f"  path_or_dataset_id: {chat}\n  split: train[:32]\n"
+        ),
+    }
+    for name, dataset_yaml in formats.items():
+        cfg_path = write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name)
+        _replace_dataset(cfg_path, dataset_yaml)
+        cfg = load_config(cfg_path, ["--step_scheduler.max_steps", "4", "--validation_dataset.split", "train[32:]"])
+        summary = finetune.main(cfg)
+        assert len(summary["train_losses"]) == 4, name
+        assert summary["val_loss_after"] < summary["val_loss_before"], name
+
+
+def test_pretraining_from_a_model_config(tiny_model_dir: Path, tmp_path: Path):
+    cfg_path = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    text = cfg_path.read_text().replace(
+        f"  _target_: automodel.NeMoAutoModelForCausalLM.from_pretrained\n  pretrained_model_name_or_path: {tiny_model_dir}\n",
+        f"  _target_: automodel.NeMoAutoModelForCausalLM.from_config\n  config: {tiny_model_dir}\n"
+        f"  num_hidden_layers: 1\ntokenizer:\n  pretrained_model_name_or_path: {tiny_model_dir}\n",
+    )
+    cfg_path.write_text(text)
+    summary = finetune.main(load_config(cfg_path, ["--step_scheduler.max_steps", "2"]))
+    assert len(summary["train_losses"]) == 2
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "ckpt" / "epoch_0_step_2" / "model").num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples" / "llm").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_validates(example: Path):
+    finetune.validate(load_config(example))
