@@ -112,6 +112,16 @@ def _running_under_torchrun() -> bool:
 def _finetune(args: argparse.Namespace, extra: Sequence[str], domain: str, command: str) -> int:
     cfg = _load(args, extra)
     cfg.pop("recipe", None)
+    launchers = [kind for kind in ("slurm", "k8s") if kind in cfg]
+    if launchers:  # a batch job: the section describes where to run; the rest of the config is the job's config
+        from automodel.cli.remote import launch
+
+        if len(launchers) > 1:
+            raise ConfigError("slurm and k8s: a config may have one launcher section, not both; remove one")
+        kind = launchers[0]
+        section = cfg.pop(kind)
+        return launch(kind, section, cfg, config_path=args.config, domain=domain, command=command, extra=list(extra),
+                      nproc_per_node=args.nproc_per_node, dry_run=args.dry_run)
     recipe = _recipe_module(domain, command)
     nproc = args.nproc_per_node or 1
     recipe.validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", nproc)))
@@ -154,8 +164,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from automodel.components._transformers import prepare_smollm2
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = prepare_smollm2(args.output)
-    print(f"SmolLM2-135M-Instruct is ready in {path}")
+    prepare_smollm2(args.output)  # logs where the model is
     return 0
 
 

@@ -332,8 +332,11 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     step_scheduler = instantiate(
         cfg.step_scheduler, default_target=StepScheduler, dp_size=dp_size, dataloader=train_loader
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=trainable)
+    # Named parameters: torch optimizers keep the names (param_names), and name-aware ones (Muon, no-decay groups)
+    # need them.
+    named_trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named_trainable]
+    optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=named_trainable)
     lr_scheduler = instantiate(
         cfg.get("lr_scheduler"),
         default_target=build_lr_scheduler,
