@@ -36,8 +36,8 @@ def missing_parts(path: Path) -> list[str]:
     if not path.is_dir():
         return ["the directory itself"]
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if not (path / "model").is_dir():
-        missing.append("model/")
+    if not (path / "state" / ".metadata").is_file():
+        missing.append("state/")
     return missing
 
 

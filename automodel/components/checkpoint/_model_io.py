@@ -1,43 +1,113 @@
-"""Writing and reading the ``model/`` folder of a checkpoint (an HF model folder).
+"""What a checkpoint holds of the model and optimizer, and how it is written and read.
 
-Kept to two plain functions so a PEFT adapter writer can replace them without touching the rest of the checkpoint.
+Two representations, for two readers:
+- ``state/``: a torch.distributed.checkpoint (DCP) directory with the *trainable* parameters and the optimizer state,
+  keyed by parameter name. Every rank writes its own shard (FSDP2 DTensors stay sharded; replicated tensors are
+  written once), and loading reshards to the current world size, so a run saved on 2 processes resumes on 1 or 4.
+  Frozen parameters (a PEFT base model, a frozen vision tower) are not written: they come from the base model.
+- ``model/``: a consolidated Hugging Face folder that ``from_pretrained`` loads (gathered to rank 0), or whatever
+  the caller's ``model_writer`` writes there instead (a PEFT adapter).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from automodel.components.checkpoint.config import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 _TORCH_WEIGHTS = "pytorch_model.bin"
+ModelWriter = Callable[[Path], None]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     # DDP / DataParallel keep the real model in .module; its state-dict keys carry a "module." prefix
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         return model.module
     return model
 
 
-def save_model_dir(model: nn.Module, model_dir: Path, *, tokenizer: Any = None, save_format: str) -> None:
-    """Write ``model`` (and ``tokenizer``) as an HF folder that ``from_pretrained`` loads."""
-    model = _unwrap(model)
+def _trainable_state(model: nn.Module) -> dict[str, Any]:
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {key: value for key, value in get_model_state_dict(model).items() if key in trainable}
+
+
+def _no_dist() -> bool:
+    return not (dist.is_available() and dist.is_initialized())
+
+
+def save_state(state_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Collective: every rank writes its shard of the trainable parameters and the optimizer state."""
+    model = unwrap(model)
+    state: dict[str, Any] = {"model": _trainable_state(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.save(state, checkpoint_id=str(state_dir), no_dist=_no_dist())
+
+
+def load_state(state_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Collective: load (and reshard) trainable parameters and optimizer state in place."""
+    model = unwrap(model)
+    state: dict[str, Any] = {"model": _trainable_state(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.load(state, checkpoint_id=str(state_dir), no_dist=_no_dist())
+    except (Exception, CheckpointException) as error:  # CheckpointException derives from BaseException
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        # the wrapped per-rank traceback ends with "ValueError: Size mismatch ..." / "RuntimeError: Missing key ..."
+        errors = [line.split(": ", 1)[1] for line in lines if line.strip().startswith(("ValueError:", "RuntimeError:"))]
+        detail = errors[-1] if errors else lines[-1][:300]
+        raise CheckpointError(
+            f"the state in '{state_dir}' does not fit this model/optimizer ({detail.strip()}); the trainable "
+            "parameters changed since the checkpoint (another model, PEFT or optimizer settings?): use another "
+            "checkpoint.checkpoint_dir or checkpoint.restore_from"
+        ) from None
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def write_hf_model(
+    model: nn.Module, model_dir: Path, *, rank: int, tokenizer: Any = None, save_format: str = "safetensors"
+) -> None:
+    """Collective: gather the full weights (sharded or not) to rank 0, which writes an HF folder there."""
+    model = unwrap(model)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return
     model_dir.mkdir(parents=True, exist_ok=True)
     has_hf_api = callable(getattr(model, "save_pretrained", None))
     if save_format == "safetensors" and has_hf_api:
-        model.save_pretrained(model_dir)  # transformers 5 always writes safetensors (sharded when large)
+        model.save_pretrained(model_dir, state_dict=full)  # transformers 5 always writes safetensors
     elif save_format == "safetensors":
-        save_model(model, str(model_dir / "model.safetensors"))  # handles tied / shared tensors
+        from safetensors.torch import save_file
+
+        save_file(_dedup_shared(full), str(model_dir / "model.safetensors"))
     else:  # torch_save: the legacy HF layout, config.json + pytorch_model.bin
-        torch.save(model.state_dict(), model_dir / _TORCH_WEIGHTS)
+        torch.save(full, model_dir / _TORCH_WEIGHTS)
         if has_hf_api:
             model.config.save_pretrained(model_dir)
             generation_config = getattr(model, "generation_config", None)
@@ -47,68 +117,13 @@ def save_model_dir(model: nn.Module, model_dir: Path, *, tokenizer: Any = None, 
         tokenizer.save_pretrained(model_dir)
 
 
-def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    if (model_dir / _TORCH_WEIGHTS).is_file():
-        return torch.load(model_dir / _TORCH_WEIGHTS, map_location="cpu", weights_only=True)
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(
-            f"checkpoint model folder '{model_dir}' holds no *.safetensors or {_TORCH_WEIGHTS}; the checkpoint is "
-            "damaged: resume from another one (checkpoint.restore_from)"
-        )
-    state: dict[str, torch.Tensor] = {}
-    for file in files:  # one file, or the shards of model.safetensors.index.json
-        state.update(load_file(file, device="cpu"))
-    return state
-
-
-def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    own = model.state_dict()
-    # Tied parameters (lm_head.weight = embed_tokens.weight) are written once; a missing key that shares storage
-    # with a loaded one is filled through the tie.
-    loaded_storage = {own[key].data_ptr() for key in own if key in state}
-    missing = [key for key in own if key not in state and own[key].data_ptr() not in loaded_storage]
-    unexpected = [key for key in state if key not in own]
-    return missing, unexpected
-
-
-def _mismatch_error(model_dir: Path, missing: list[str], unexpected: list[str]) -> CheckpointError:
-    return CheckpointError(
-        f"the weights in '{model_dir}' do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-        f", unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; the checkpoint belongs to another "
-        "model: use another checkpoint.checkpoint_dir / checkpoint.restore_from"
-    )
-
-
-def _load_through_transformers(model: nn.Module, model_dir: Path) -> None:
-    # transformers 5 saves some models (MoE experts, VLMs) in their original hub layout and converts on load; let
-    # from_pretrained apply that conversion, then copy the result over.
-    reference, info = type(model).from_pretrained(
-        model_dir, config=model.config, dtype=next(model.parameters()).dtype, output_loading_info=True
-    )
-    missing = sorted(info.get("missing_keys") or [])
-    missing += sorted(str(entry[0]) for entry in info.get("mismatched_keys") or [])  # (key, saved shape, own shape)
-    unexpected = sorted(info.get("unexpected_keys") or [])
-    if missing or unexpected:
-        raise _mismatch_error(model_dir, missing, unexpected)
-    model.load_state_dict(reference.state_dict(), strict=True)
-
-
-def load_model_weights(model: nn.Module, model_dir: Path) -> None:
-    """Load the weights of ``model_dir`` into ``model`` in place; every parameter must be covered (strict)."""
-    model = _unwrap(model)
-    state = _read_weights(model_dir)
-    missing, unexpected = _key_mismatch(model, state)
-    if missing or unexpected:
-        if callable(getattr(type(model), "from_pretrained", None)) and hasattr(model, "config"):
-            logger.info("weight names in '%s' differ from the model's; loading through from_pretrained", model_dir)
-            _load_through_transformers(model, model_dir)
-            return
-        raise _mismatch_error(model_dir, missing, unexpected)
-    try:
-        model.load_state_dict(state, strict=False)  # strictness checked above, ties accounted for
-    except RuntimeError as error:  # size mismatch; torch lists one per line, the CLI wants one line
-        details = "; ".join(line.strip() for line in str(error).splitlines() if "size mismatch" in line)
-        raise CheckpointError(
-            f"the weights in '{model_dir}' do not fit the model ({details or error}); use a checkpoint of this model"
-        ) from None
+def _dedup_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors sharing memory (tied weights): keep the first name of each storage
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            out[key] = tensor.contiguous()
+    return out

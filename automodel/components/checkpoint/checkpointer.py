@@ -1,6 +1,7 @@
 """Crash-safe training checkpoints: save, find the one to resume from, check it fits, load it.
 
-Layout (docs/architecture.md): ``<checkpoint_dir>/epoch_<E>_step_<S>/`` with ``model/`` (an HF folder), ``optim.pt``,
+Layout (docs/architecture.md): ``<checkpoint_dir>/epoch_<E>_step_<S>/`` with ``state/`` (DCP: trainable weights and
+optimizer state, sharded per rank), ``model/`` (a consolidated HF folder, or a PEFT adapter), ``scheduler.pt``,
 ``train_state.json``, ``rng_rank<R>.pt``, ``config.yaml`` and ``meta.json``, plus a ``LATEST`` file naming the newest.
 
 Crash safety: everything is written into ``<checkpoint_dir>/.tmp-epoch_E_step_S-<random>/``, fsynced, then published
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from automodel.components.checkpoint import _layout
-from automodel.components.checkpoint._model_io import load_model_weights, save_model_dir
+from automodel.components.checkpoint._model_io import ModelWriter, load_state, save_state, write_hf_model
 from automodel.components.checkpoint.config import CheckpointConfig, CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,10 @@ def _collective_device() -> torch.device:
 class Checkpointer:
     """Saves and restores full training state under ``config.checkpoint_dir``; see the module docstring.
 
-    With ``world_size > 1`` (torch.distributed initialised), :meth:`save` is collective: every rank calls it, every
-    rank writes its own ``rng_rank<R>.pt``, rank 0 writes the rest and publishes. The model passed is the unwrapped
-    HF model, whose full weights rank 0 holds (DDP); sharded (FSDP2) models need a gathered copy first.
+    With ``world_size > 1`` (torch.distributed initialised), :meth:`save` and :meth:`load` are collective: every
+    rank calls them. Every rank writes its shard of ``state/`` and its own ``rng_rank<R>.pt``; the consolidated
+    ``model/`` is gathered to rank 0; rank 0 writes the rest and publishes. The model may be plain, DDP-wrapped or
+    FSDP2-sharded.
     """
 
     def __init__(self, config: CheckpointConfig, *, rank: int = 0, world_size: int = 1) -> None:
@@ -84,11 +86,6 @@ class Checkpointer:
         # checkpoints this run wrote or resumed from: saving one of them again is a no-op, not a conflict
         self._saved: set[Path] = set()
         self._resumed: set[Path] = set()
-        if config.enabled and not config.save_consolidated and rank == 0:
-            logger.warning(
-                "checkpoint.save_consolidated=false has no effect: checkpoints always hold a consolidated HF model "
-                "folder (sharded checkpoints are not implemented)"
-            )
 
     @property
     def enabled(self) -> bool:
@@ -109,11 +106,13 @@ class Checkpointer:
         rng_state: Any,
         config_yaml: str,
         model_identity: dict[str, Any],
+        model_writer: ModelWriter | None = None,
     ) -> Path | None:
         """Write and publish ``epoch_<epoch>_step_<step>``; returns its path, or None when checkpointing is disabled.
 
         ``train_state`` and ``model_identity`` must be JSON-serialisable; ``rng_state`` must load with
-        ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, tuples, dicts).
+        ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, tuples, dicts). ``model_writer(dir)``,
+        called on every rank, replaces the consolidated HF model in ``model/`` (a PEFT run writes its adapter).
         """
         if not self.enabled:
             return None
@@ -127,6 +126,7 @@ class Checkpointer:
                 "epoch": epoch,
                 "step": step,
                 "world_size": self.world_size,
+                "consolidated": self.config.save_consolidated,
                 "torch_version": torch.__version__,
                 "transformers_version": _version("transformers"),
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -152,16 +152,21 @@ class Checkpointer:
 
         failure: BaseException | None = None
         try:
-            if self.rank == 0:
-                save_model_dir(model, temp / "model", tokenizer=tokenizer, save_format=self.config.model_save_format)
-                if optimizer is not None or lr_scheduler is not None:
-                    torch.save(
-                        {
-                            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-                        },
-                        temp / "optim.pt",
+            save_state(temp / "state", model, optimizer)  # collective: every rank writes its shard
+            if self.config.save_consolidated:
+                if model_writer is not None:
+                    model_writer(temp / "model")
+                else:
+                    write_hf_model(
+                        model,
+                        temp / "model",
+                        rank=self.rank,
+                        tokenizer=tokenizer,
+                        save_format=self.config.model_save_format,
                     )
+            if self.rank == 0:
+                if lr_scheduler is not None:
+                    torch.save(lr_scheduler.state_dict(), temp / "scheduler.pt")
                 _layout.write_text(temp / "train_state.json", train_json)
                 _layout.write_text(temp / "config.yaml", config_yaml)
                 _layout.write_text(temp / "meta.json", meta_json)
@@ -364,7 +369,8 @@ class Checkpointer:
         lr_scheduler: Any = None,
         rank: int | None = None,
     ) -> dict[str, Any]:
-        """Load weights and optimizer / scheduler state in place; return ``{"train_state", "rng_state"}``.
+        """Load trainable weights and optimizer / scheduler state in place (resharding to this world size); return
+        ``{"train_state", "rng_state"}``. Collective when several ranks run.
 
         ``rng_state`` is this rank's (``rank`` defaults to the checkpointer's), or None with a warning when the
         checkpoint was saved by fewer ranks.
@@ -373,10 +379,15 @@ class Checkpointer:
         lacks = _layout.missing_parts(path)
         if lacks:
             raise CheckpointError(f"'{path}' is not a complete checkpoint: it lacks {', '.join(lacks)}")
+        if optimizer is not None and model is None:
+            raise ValueError("loading optimizer state needs the model too (its state is keyed by parameter name)")
         if model is not None:
-            load_model_weights(model, path / "model")
-        if optimizer is not None or lr_scheduler is not None:
-            self._load_optim(path, optimizer, lr_scheduler)
+            load_state(path / "state", model, optimizer)
+        if lr_scheduler is not None:
+            scheduler_path = path / "scheduler.pt"
+            if not scheduler_path.is_file():
+                raise CheckpointError(f"'{path}' has no scheduler.pt (it was saved without an LR scheduler)")
+            lr_scheduler.load_state_dict(torch.load(scheduler_path, map_location="cpu", weights_only=True))
         train_state = json.loads((path / "train_state.json").read_text())
 
         rank = self.rank if rank is None else rank
@@ -397,28 +408,6 @@ class Checkpointer:
         self._resumed.add(path.resolve())
         logger.info("loaded checkpoint %s", path)
         return {"train_state": train_state, "rng_state": rng_state}
-
-    @staticmethod
-    def _load_optim(path: Path, optimizer: torch.optim.Optimizer | None, lr_scheduler: Any) -> None:
-        optim_path = path / "optim.pt"
-        if not optim_path.is_file():
-            raise CheckpointError(
-                f"'{path}' has no optim.pt (it was saved without an optimizer), so training cannot resume exactly "
-                "from it; load only its model/ folder as pretrained weights instead"
-            )
-        states = torch.load(optim_path, map_location="cpu", weights_only=True)
-        for what, target in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
-            if target is None:
-                continue
-            if states.get(what) is None:
-                raise CheckpointError(f"'{optim_path}' holds no {what} state (it was saved without one)")
-            try:
-                target.load_state_dict(states[what])
-            except (ValueError, KeyError, RuntimeError) as error:
-                raise CheckpointError(
-                    f"the {what} state in '{optim_path}' does not fit this {what} ({error}); the trainable "
-                    "parameters or their groups changed since the checkpoint (PEFT or optimizer settings?)"
-                ) from None
 
 
 def _order(path: Path) -> tuple[int, int]:

@@ -116,7 +116,7 @@ def test_restore_from_errors_name_the_path(tmp_path, model):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "meta.json").write_text("{}")
     with pytest.raises(
-        CheckpointError, match=r"'.*half' is not a complete checkpoint: it lacks train_state.json, model/"
+        CheckpointError, match=r"'.*half' is not a complete checkpoint: it lacks train_state.json, state/"
     ):
         make_checkpointer(tmp_path, restore_from=str(tmp_path / "half")).find_resume_checkpoint()
 

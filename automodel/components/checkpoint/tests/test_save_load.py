@@ -3,9 +3,7 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from automodel.components.checkpoint import CheckpointConfig, Checkpointer, CheckpointError
 from automodel.components.checkpoint.tests.tiny import identity, make_model, make_optim, save, train_step
@@ -51,10 +49,12 @@ def test_round_trip_restores_everything_and_training_continues_identically(tmp_p
         "config.yaml",
         "meta.json",
         "model",
-        "optim.pt",
         "rng_rank0.pt",
+        "scheduler.pt",
+        "state",
         "train_state.json",
     ]
+    assert (path / "state" / ".metadata").is_file()
     assert (path / "config.yaml").read_text().endswith("${WANDB_API_KEY}\n")
     meta = json.loads((path / "meta.json").read_text())
     assert meta["model_identity"] == identity(model) and meta["torch_version"] == torch.__version__
@@ -63,11 +63,9 @@ def test_round_trip_restores_everything_and_training_continues_identically(tmp_p
     restored = make_model(seed=1)
     restored_optimizer, restored_scheduler = make_optim(restored)
     assert not params_equal(model, restored)
-    with caplog.at_level(logging.INFO):
-        loaded = make_checkpointer(tmp_path).load(
-            path, model=restored, optimizer=restored_optimizer, lr_scheduler=restored_scheduler
-        )
-    assert "through from_pretrained" not in caplog.text  # the direct path: tied lm_head filled through the tie
+    loaded = make_checkpointer(tmp_path).load(
+        path, model=restored, optimizer=restored_optimizer, lr_scheduler=restored_scheduler
+    )
     assert loaded["train_state"] == train_state
     assert torch.equal(loaded["rng_state"]["torch"], rng_state["torch"]) and loaded["rng_state"]["note"] == "rank0"
     assert params_equal(model, restored)
@@ -117,51 +115,35 @@ def test_plain_module_round_trip(tmp_path):
     assert params_equal(model, restored)
 
 
-class RenamedLlama(LlamaForCausalLM):
-    """Saved by transformers in an 'original' layout whose names differ from the module's (as MoE / VLM models are)."""
-
-
-def test_weights_in_a_converted_layout_load_through_transformers(tmp_path, caplog):
-    register_checkpoint_conversion_mapping(
-        "RenamedLlama", [WeightRenaming(r"\.legacy_norm\.", ".post_attention_layernorm.")], overwrite=True
-    )
-    model = make_model(seed=0, cls=RenamedLlama)
-    path = save(make_checkpointer(tmp_path), 0, 1, model)
-    from safetensors import safe_open
-
-    with safe_open(path / "model" / "model.safetensors", "pt") as f:
-        assert "model.layers.0.legacy_norm.weight" in set(f.keys())
-    restored = make_model(seed=1, cls=RenamedLlama)
-    with caplog.at_level(logging.INFO):
-        make_checkpointer(tmp_path).load(path, model=restored)
-    assert "loading through from_pretrained" in caplog.text
-    assert params_equal(model, restored)
-
-
 def test_loading_into_another_model_fails_clearly(tmp_path):
     path = save(make_checkpointer(tmp_path), 0, 1, make_model(seed=0))
-    with pytest.raises(CheckpointError, match=r"do not fit the model .*size mismatch"):
+    with pytest.raises(CheckpointError, match=r"does not fit this model/optimizer .*[Ss]ize mismatch"):
         make_checkpointer(tmp_path).load(path, model=make_model(vocab_size=256))
-    with pytest.raises(CheckpointError, match=r"do not fit the model: missing \['0.weight', '0.bias'\]"):
+    with pytest.raises(CheckpointError, match=r"does not fit this model/optimizer \(.*0.weight"):
         make_checkpointer(tmp_path).load(path, model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
 def test_optimizer_state_required_when_an_optimizer_is_passed(tmp_path):
     model = make_model()
     path = save(make_checkpointer(tmp_path), 0, 1, model)  # saved without optimizer
-    optimizer, _ = make_optim(model)
-    with pytest.raises(CheckpointError, match=r"has no optim.pt \(it was saved without an optimizer\)"):
-        make_checkpointer(tmp_path).load(path, optimizer=optimizer)
-
-
-def test_optimizer_state_of_other_parameters_is_refused(tmp_path):
-    model = make_model()
     optimizer, scheduler = make_optim(model)
-    train_step(model, optimizer, scheduler, 0)
-    path = save(make_checkpointer(tmp_path), 0, 1, model, optimizer=optimizer, lr_scheduler=scheduler)
-    other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
-    with pytest.raises(CheckpointError, match=r"optimizer state in .* does not fit this optimizer"):
-        make_checkpointer(tmp_path).load(path, optimizer=other)
+    with pytest.raises(CheckpointError, match=r"does not fit this model/optimizer .*optim"):
+        make_checkpointer(tmp_path).load(path, model=model, optimizer=optimizer)
+    with pytest.raises(CheckpointError, match=r"has no scheduler.pt"):
+        make_checkpointer(tmp_path).load(path, lr_scheduler=scheduler)
+
+
+def test_only_trainable_parameters_are_in_the_state(tmp_path):
+    model = make_model(seed=0)
+    for name, param in model.named_parameters():
+        param.requires_grad_("layers.1" in name)  # a frozen base with a few trainable layers, as PEFT leaves it
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    path = save(make_checkpointer(tmp_path), 0, 1, model, optimizer=optimizer)
+    import torch.distributed.checkpoint as dcp
+
+    saved = set(dcp.FileSystemReader(str(path / "state")).read_metadata().state_dict_metadata)
+    model_keys = {key for key in saved if key.startswith("model.")}
+    assert model_keys and all("layers.1" in key for key in model_keys)
 
 
 def test_missing_rank_rng_state_is_none_with_a_warning(tmp_path, caplog):
