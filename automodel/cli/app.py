@@ -4,6 +4,7 @@
     automodel llm validate -c CONFIG.yaml [--dotted.key value ...]
     automodel llm preview  -c CONFIG.yaml [--split train|validation] [--num-samples N] [--no-color]
     automodel CONFIG.yaml [--nproc-per-node N] [...]      # newer grammar: the YAML names its recipe (`recipe:`)
+    automodel peft merge --adapter DIR --output DIR [--base MODEL]   # fold a LoRA adapter into a full model
     automodel prepare smollm2 [--output DIR]               # the offline default model
 
 Unknown `--dotted.key value` arguments override the YAML. User mistakes print one `error:` line and exit 2.
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         epilog="Any other --dotted.key value overrides the YAML, e.g. --step_scheduler.max_steps 20 --optimizer.lr=3e-5",
     )
-    domains = parser.add_subparsers(dest="domain", metavar="{llm,prepare}", required=True)
+    domains = parser.add_subparsers(dest="domain", metavar="{llm,peft,prepare}", required=True)
     llm = domains.add_parser("llm", help="causal language models", allow_abbrev=False)
     commands = llm.add_subparsers(dest="command", required=True)
     finetune = commands.add_parser(
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--split", choices=["train", "validation"], default="train")
     preview.add_argument("--num-samples", "-n", type=int, default=2)
     preview.add_argument("--no-color", action="store_true", help="mark supervised tokens with [[ ]] instead of color")
+
+    peft = domains.add_parser("peft", help="LoRA adapters", allow_abbrev=False)
+    peft_commands = peft.add_subparsers(dest="command", required=True)
+    merge = peft_commands.add_parser(
+        "merge", help="fold an HF PEFT adapter into its base model and write a full HF model", allow_abbrev=False
+    )
+    merge.add_argument("--adapter", required=True, help="the adapter folder (adapter_config.json + weights)")
+    merge.add_argument("--output", required=True, help="where to write the merged model (must not exist or be empty)")
+    merge.add_argument("--base", default=None, help="base model folder or hub id (default: the adapter's base)")
 
     prepare = domains.add_parser(
         "prepare", help="download and convert a bundled model for offline use", allow_abbrev=False
@@ -120,8 +130,17 @@ def _finetune(args: argparse.Namespace, extra: Sequence[str], domain: str, comma
             raise ConfigError("slurm and k8s: a config may have one launcher section, not both; remove one")
         kind = launchers[0]
         section = cfg.pop(kind)
-        return launch(kind, section, cfg, config_path=args.config, domain=domain, command=command, extra=list(extra),
-                      nproc_per_node=args.nproc_per_node, dry_run=args.dry_run)
+        return launch(
+            kind,
+            section,
+            cfg,
+            config_path=args.config,
+            domain=domain,
+            command=command,
+            extra=list(extra),
+            nproc_per_node=args.nproc_per_node,
+            dry_run=args.dry_run,
+        )
     recipe = _recipe_module(domain, command)
     nproc = args.nproc_per_node or 1
     recipe.validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", nproc)))
@@ -168,6 +187,15 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peft_merge(args: argparse.Namespace) -> int:
+    from automodel.components._peft import merge_adapter
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output = merge_adapter(args.base, args.adapter, args.output)
+    print(f"Merged model written to {output} (transformers.AutoModelForCausalLM.from_pretrained loads it)")
+    return 0
+
+
 def _config_grammar(argv: list[str]) -> int:
     """`automodel CONFIG.yaml [--nproc-per-node N] [--dry-run] [overrides]`: the YAML's `recipe:` picks the recipe."""
     parser = argparse.ArgumentParser(prog="automodel CONFIG.yaml", allow_abbrev=False)
@@ -194,10 +222,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _config_grammar(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.domain == "prepare":
+    if args.domain in ("prepare", "peft"):
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return _prepare(args)
+        return _prepare(args) if args.domain == "prepare" else _peft_merge(args)
     handlers = {"finetune": _finetune, "validate": _validate, "preview": _preview}
     return handlers[args.command](args, extra, args.domain, args.command)
 

@@ -229,3 +229,29 @@ def test_no_traceback_in_a_real_process(cfg):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
+
+
+def test_peft_merge_command(capsys, cfg, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg.write_text(cfg.read_text() + "peft:\n  target_modules: ['*_proj']\n  dim: 4\n")
+    code, _, err = run_cli(
+        capsys,
+        "llm",
+        "finetune",
+        "-c",
+        str(cfg),
+        "--step_scheduler.max_steps",
+        "2",
+        "--step_scheduler.val_every_steps",
+        "none",
+    )
+    assert code == 0, err
+    adapter = tmp_path / "ckpt" / "epoch_0_step_2" / "model"
+    code, out, err = run_cli(capsys, "peft", "merge", "--adapter", str(adapter), "--output", str(tmp_path / "merged"))
+    assert code == 0 and "Merged model written" in out, err
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.num_hidden_layers == 2
+    # Merging again into the same (now non-empty) folder is refused, and nothing is overwritten.
+    assert "merged" in expect_user_error(
+        capsys, "peft", "merge", "--adapter", str(adapter), "--output", str(tmp_path / "merged")
+    )

@@ -140,11 +140,15 @@ class NeMoAutoModelForCausalLM:
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
+        init_device: str | None = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """The model at `pretrained_model_name_or_path`, in float32 unless `torch_dtype`/`dtype` says otherwise.
 
         `kwargs` go to `transformers.AutoModelForCausalLM.from_pretrained` (revision, token, device_map...).
+        `init_device="meta"` builds the model from its config on the meta device without reading any weight, and
+        records the safetensors folder in `model.automodel_weights_path` (a hub id resolves to its local snapshot):
+        the distributed component's `parallelize_model` then loads only each rank's shards.
         """
         from transformers import AutoModelForCausalLM
 
@@ -153,6 +157,15 @@ class NeMoAutoModelForCausalLM:
         name = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
         path = resolve_model_path(name, gguf_file)
         from_hub = path == name and not looks_local(name)
+        if init_device is not None:
+            if init_device != "meta":
+                raise ModelLoadError(
+                    f"init_device={init_device!r} is not supported; use 'meta' (build without weights, each rank "
+                    "loads its shards after parallelization) or leave it unset"
+                )
+            if model_args:
+                raise ModelLoadError("positional model arguments cannot be combined with init_device='meta'")
+            return _build_on_meta(name, path, from_hub, resolved_dtype, attn_implementation, trust_remote_code, kwargs)
 
         def load(attn: str | None) -> PreTrainedModel:
             return AutoModelForCausalLM.from_pretrained(
@@ -205,6 +218,71 @@ class NeMoAutoModelForCausalLM:
             model = _with_attn_fallback(load, attn_implementation)
         _log_loaded(model, f"a {name} config (random init)")
         return model
+
+
+# Where a model built on the meta device finds its weights; the distributed component's loader reads it.
+WEIGHTS_PATH_ATTR = "automodel_weights_path"
+_HUB_DOWNLOAD_OPTIONS = ("revision", "token", "cache_dir", "force_download", "local_files_only")
+
+
+def _build_on_meta(
+    name: str,
+    path: str,
+    from_hub: bool,
+    dtype: torch.dtype | str,
+    attn_implementation: str | None,
+    trust_remote_code: bool,
+    kwargs: dict[str, Any],
+) -> PreTrainedModel:
+    """The model of `path`'s config on the meta device, with `model.automodel_weights_path` set to its folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hub_options = {key: kwargs.pop(key) for key in _HUB_DOWNLOAD_OPTIONS if key in kwargs}
+    if from_hub:
+        # Every rank reads the files itself, so they must be local: the snapshot (downloaded once, then cached).
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(repo_id=name, allow_patterns=["*.json", "*.safetensors"], **hub_options)
+        except hub_errors() as error:
+            raise hub_error(name, error) from error
+    folder = Path(path)
+    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        raise ModelLoadError(
+            f"init_device='meta' needs safetensors weights, and {name!r} has no model.safetensors or "
+            "model.safetensors.index.json; re-save the model with save_pretrained, or drop init_device"
+        )
+    with _load_errors(name, from_hub):
+        config, unused = AutoConfig.from_pretrained(
+            path, trust_remote_code=trust_remote_code, return_unused_kwargs=True, **kwargs
+        )
+    if unused:
+        raise ModelLoadError(
+            f"model options {', '.join(sorted(unused))} are not supported with init_device='meta' (nothing is loaded "
+            "until the model is parallelized); remove them or drop init_device"
+        )
+    if dtype == "auto":
+        config_dtype = getattr(config, "dtype", None)
+        dtype = parse_dtype(None, config_dtype) if config_dtype is not None else torch.float32
+
+    def load(attn: str | None) -> PreTrainedModel:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(
+                copy.deepcopy(config), dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code
+            )
+
+    with _load_errors(name, from_hub):
+        model = _with_attn_fallback(load, attn_implementation)
+    model.config._name_or_path = path
+    setattr(model, WEIGHTS_PATH_ATTR, path)
+    logger.info(
+        "Built %s on the meta device (%.1fM parameters, %s); weights are read from %s after parallelization",
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        model.dtype,
+        path,
+    )
+    return model
 
 
 def build_config(

@@ -98,6 +98,12 @@ def write_hf_model(
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return
+    # A gathered state dict holds separate copies of tied parameters (lm_head = embed_tokens); write each once, as
+    # save_pretrained does for a plain model.
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
+        name for name, _ in model.named_parameters()
+    }
+    full = {key: value for key, value in full.items() if key not in aliases}
     model_dir.mkdir(parents=True, exist_ok=True)
     has_hf_api = callable(getattr(model, "save_pretrained", None))
     if save_format == "safetensors" and has_hf_api:

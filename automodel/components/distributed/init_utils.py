@@ -60,13 +60,22 @@ def initialize_distributed(backend: str = "auto", timeout_minutes: float = 30.0)
         )
         # Also on an error exit: a process group left alive at interpreter exit can abort the process (gloo's
         # threads), which would replace a clean exit status with SIGABRT.
-        atexit.register(destroy_distributed)
+        atexit.register(_destroy_at_exit)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=chosen)
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(*, synchronize: bool = True) -> None:
+    """Tear the process group down. `synchronize` first waits for every rank, so no rank closes its connections
+    while a peer still uses them (gloo aborts the process then); the exit-time hook skips it, since after an error
+    the other ranks may never arrive."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _destroy_at_exit() -> None:
+    destroy_distributed(synchronize=False)
 
 
 def barrier() -> None:

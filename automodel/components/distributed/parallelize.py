@@ -1,21 +1,142 @@
-"""Apply activation checkpointing, torch.compile and data parallelism to a model, in that order.
+"""Turn a Hugging Face causal LM into the module to train: TP(+SP) -> activation checkpointing -> compile -> FSDP2 |
+DDP | Megatron-FSDP, in that order (as torchtitan's `parallelize_llama`).
 
-Order matters: checkpointing wraps layers before compile sees them (so recomputation is compiled too), and DDP
-wraps last so it hooks the final parameters.
+Order matters: TP swaps parameters for DTensors that FSDP2 then shards on the data-parallel mesh (2-D); checkpointing
+wraps the layers before compile sees them, so recomputation is compiled too; data parallelism comes last so it
+sees the final parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
+from automodel.components.distributed._parallel_state import ParallelState, build_parallel_state
+from automodel.components.distributed._sharded_load import has_meta_parameters, load_model_weights_sharded
+from automodel.components.distributed._tp_plans import apply_tensor_parallel
 from automodel.components.distributed.config import CompileConfig, DistributedConfig, DistributedError
+from automodel.components.distributed.fsdp2 import apply_fsdp2
 from automodel.components.distributed.init_utils import DistInfo
+from automodel.components.distributed.megatron_fsdp import apply_megatron_fsdp
 
 logger = logging.getLogger(__name__)
+
+
+def parallelize_model(
+    model: nn.Module,
+    dist_info: DistInfo,
+    config: DistributedConfig | None = None,
+    compile_config: CompileConfig | None = None,
+    *,
+    state: ParallelState | None = None,
+) -> nn.Module:
+    """Return the module to train. FSDP2 and TP change `model` in place and return it; DDP and Megatron-FSDP return
+    a wrapper whose parameters are `model`'s. A model built on the meta device gets its weights loaded here, at the
+    point where each rank can read only its shards (after TP/FSDP2, before DDP / Megatron-FSDP, which need them).
+
+    A single process never wraps anything: it only gets checkpointing and compile.
+    """
+    config = config or DistributedConfig()
+    state = state or build_parallel_state(config, dist_info)
+    on_meta = has_meta_parameters(model)
+    layers = _decoder_layers(model)
+    distributed = dist_info.world_size > 1
+    compile_config = compile_config if compile_config is not None and compile_config.enabled else None
+
+    if distributed and not on_meta and config.strategy != "ddp":
+        # Every rank must start from rank 0's weights (DDP does this itself; FSDP2 and TP would otherwise keep
+        # what each rank initialised, e.g. a random init under per-rank seeds).
+        _broadcast_from_rank0(model, dist_info.device)
+    if state.tp_size > 1:
+        # TP first: FSDP2 then shards the TP DTensors on the data-parallel axes of the same mesh (2-D).
+        assert state.mesh is not None  # tp_size > 1 means several processes
+        apply_tensor_parallel(model, state.mesh["tp"], config.sequence_parallel)
+    if config.activation_checkpointing:
+        _apply_activation_checkpointing(model)
+    if compile_config is not None and compile_config.per_layer and layers is not None:
+        _compile_layers(layers, compile_config)  # before FSDP2, as torchtitan: each block compiles once, reused
+
+    if not distributed:
+        logger.debug("Single process: the model is not wrapped")
+    elif config.strategy == "fsdp2" and state.dp_cp_size > 1:
+        if layers is None:
+            raise DistributedError(
+                f"distributed.strategy: fsdp2 could not find the decoder layers of {type(model).__name__} (looked "
+                "for model.layers, transformer.h, ...); use strategy: ddp"
+            )
+        param_dtype, reduce_dtype = config.mixed_precision_dtypes(dist_info.device)
+        # HSDP: replicate over dp_replicate, shard over dp_shard x cp (CP ranks hold the same parameters).
+        replicate = state.dp_replicate_size > 1
+        assert state.mesh is not None
+        fsdp_mesh = state.flat["dp_shard_cp"]
+        if replicate:
+            # A 2-D (replicate, shard) mesh; slicing a flattened axis is deprecated, so only CP needs it.
+            fsdp_mesh = state.mesh["dp_replicate", "dp_shard" if state.cp_size == 1 else "dp_shard_cp"]
+        apply_fsdp2(
+            model,
+            fsdp_mesh,
+            list(layers),
+            param_dtype=param_dtype,
+            reduce_dtype=reduce_dtype,
+            reshard_after_forward=config.reshard_after_forward,
+        )
+        logger.info("FSDP2 over %d ranks (%d layers + root, HSDP: %s)", state.dp_cp_size, len(layers), replicate)
+
+    if on_meta:
+        # After TP / FSDP2 each rank reads only its shards; DDP and Megatron-FSDP need the whole model first.
+        load_model_weights_sharded(model, dist_info.device)
+    else:
+        # Moved last, so FSDP2 / TP moved only this rank's shards to the device, never the whole model.
+        model.to(dist_info.device)
+
+    wrapped: nn.Module = model
+    if distributed and config.strategy == "ddp":
+        device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        logger.info("DistributedDataParallel over %d processes", dist_info.world_size)
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    elif distributed and config.strategy == "megatron_fsdp":
+        param_dtype, reduce_dtype = config.mixed_precision_dtypes(dist_info.device)
+        wrapped = apply_megatron_fsdp(
+            model, state, list(layers or []), param_dtype=param_dtype, reduce_dtype=reduce_dtype
+        )
+    if compile_config is not None and not (compile_config.per_layer and layers is not None):
+        wrapped = _compile_whole(wrapped, compile_config)  # whole-model compile sees the final wrapper
+    return wrapped
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module) -> Iterator[None]:
+    """Skip the gradient all-reduce / reduce-scatter for the micro-batches before the last one of a step (DDP's
+    `no_sync`, FSDP2's `set_requires_gradient_sync(False)`); a no-op for a plain module."""
+    if isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+        return
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(model: nn.Module, device: torch.device) -> None:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        # One tensor at a time through the device (NCCL only sends device memory); the model stays where it is.
+        staged = tensor.data.to(device)
+        dist.broadcast(staged, src=0)
+        if staged is not tensor.data:
+            tensor.data.copy_(staged)
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -43,7 +164,7 @@ def _apply_activation_checkpointing(model: nn.Module) -> None:
             f"distributed.activation_checkpointing: {type(model).__name__} does not support gradient checkpointing; "
             "set it to false"
         )
-    # use_reentrant=False: works with frozen inputs (PEFT) and with compile.
+    # use_reentrant=False: works with frozen inputs (PEFT), with compile and with FSDP2.
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -51,35 +172,14 @@ def _apply_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _apply_compile(model: nn.Module, config: CompileConfig) -> nn.Module:
-    kwargs = {"mode": config.mode, "fullgraph": config.fullgraph, "dynamic": config.dynamic, "backend": config.backend}
-    layers = _decoder_layers(model) if config.per_layer else None
-    if layers is None:
-        return torch.compile(model, **kwargs)  # type: ignore[return-value]
-    # Compiling each block separately compiles one graph once and reuses it for every layer (faster start).
+def _compile_kwargs(config: CompileConfig) -> dict:
+    return {"mode": config.mode, "fullgraph": config.fullgraph, "dynamic": config.dynamic, "backend": config.backend}
+
+
+def _compile_layers(layers: nn.ModuleList, config: CompileConfig) -> None:
     for layer in layers:
-        layer.compile(**kwargs)
-    return model
+        layer.compile(**_compile_kwargs(config))
 
 
-def parallelize_model(
-    model: nn.Module,
-    dist_info: DistInfo,
-    config: DistributedConfig | None = None,
-    compile_config: CompileConfig | None = None,
-) -> nn.Module:
-    """Return the module to train: `model` itself, or a DDP wrapper around it when there are several processes.
-
-    The caller keeps `model` (unwrapped) for saving; parameters are shared, so both see the same weights.
-    """
-    config = config or DistributedConfig()
-    config.resolve_dp_size(dist_info.world_size)
-    if config.activation_checkpointing:
-        _apply_activation_checkpointing(model)
-    if compile_config is not None and compile_config.enabled:
-        model = _apply_compile(model, compile_config)
-    if dist_info.world_size == 1:
-        return model
-    device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-    logger.info("Wrapping the model in DistributedDataParallel over %d processes", dist_info.world_size)
-    return DistributedDataParallel(model, device_ids=device_ids)
+def _compile_whole(model: nn.Module, config: CompileConfig) -> nn.Module:
+    return torch.compile(model, **_compile_kwargs(config))  # type: ignore[return-value]

@@ -9,13 +9,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from automodel._shared.errors import UserError
+from automodel.components.launcher._settings import TORCHRUN_SIGNALS, LaunchError
 
 logger = logging.getLogger(__name__)
-
-
-class LaunchError(UserError):
-    """A launch setting the user can fix."""
 
 
 def build_torchrun_command(
@@ -46,10 +42,12 @@ def run_torchrun(command: Sequence[str], env: dict[str, str] | None = None) -> i
     """Run torchrun in the foreground and return its exit status.
 
     SIGTERM / SIGUSR1 sent to this process are forwarded to torchrun, which forwards them to every rank, so
-    pre-emption reaches the training loop (which checkpoints and exits cleanly).
+    pre-emption reaches the training loop (which checkpoints and exits cleanly). torchrun handles only SIGTERM,
+    SIGINT, SIGHUP and SIGQUIT by default and dies on SIGUSR1, orphaning the ranks: PET_SIGNALS_TO_HANDLE (read
+    by torch >= 2.9) adds SIGUSR1 unless the caller set it.
     """
     logger.info("Launching: %s", " ".join(command))
-    proc = subprocess.Popen(list(command), env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(list(command), env={"PET_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS, **os.environ, **(env or {})})
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)

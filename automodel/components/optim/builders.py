@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from automodel._shared.errors import UserError
+from automodel.components.optim.muon import Muon
+from automodel.components.optim.param_groups import (
+    DEFAULT_NO_DECAY_PATTERNS,
+    build_named_param_groups,
+    skips_weight_decay,
+    split_names,
+)
 from automodel.components.optim.scheduler import OptimError, OptimizerParamScheduler
+from automodel.components.optim.soap import SOAP
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +117,6 @@ def build_lr_scheduler(
     return scheduler
 
 
-DEFAULT_NO_DECAY_PATTERNS = ("bias", "norm")
-
-
 def build_param_groups(
     model: torch.nn.Module,
     weight_decay: float,
@@ -118,18 +125,19 @@ def build_param_groups(
     """Split the trainable parameters into a decaying group and a no-decay group, for ``torch.optim`` optimizers.
 
     A parameter gets no weight decay when it has fewer than 2 dims (biases, norm scales: decaying them only shrinks
-    the layer's output scale) or its name contains one of ``no_decay_patterns`` (case-insensitive). Embeddings and
+    the layer's output scale) or its name matches one of ``no_decay_patterns`` (case-insensitive substring, or a glob
+    when the pattern has ``*?[``; see :mod:`~automodel.components.optim.param_groups`). Embeddings and
     matrices decay. Frozen parameters (``requires_grad=False``, e.g. under LoRA) are left out. Empty groups are
     dropped.
     """
     if weight_decay < 0:
         raise OptimError(f"optimizer.weight_decay={weight_decay} must be >= 0")
-    patterns = [p.lower() for p in no_decay_patterns]
+    patterns = list(no_decay_patterns)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or any(p in name.lower() for p in patterns):
+        if skips_weight_decay(name, param, patterns):
             no_decay.append(param)
         else:
             decay.append(param)
@@ -141,3 +149,105 @@ def build_param_groups(
     if not groups:
         raise OptimError("the model has no trainable parameter (every requires_grad is False): nothing to optimize")
     return groups
+
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "muon": Muon,
+    "soap": SOAP,
+}
+_BUILD_KEYS = ("name", "lr", "weight_decay", "no_decay_patterns", "lr_multipliers")
+
+
+def build_optimizer(
+    params: Iterable[Any],
+    name: str = "adamw",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    no_decay_patterns: Sequence[str] = DEFAULT_NO_DECAY_PATTERNS,
+    lr_multipliers: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``params`` with weight-decay and learning-rate param groups.
+
+    ``params`` are ``(name, parameter)`` pairs (``model.named_parameters()``; plain parameters work for every
+    optimizer but Muon, with only the ndim rule for weight decay). ``name`` is one of ``adamw``, ``adam``, ``muon``,
+    ``soap``; ``lr`` and ``weight_decay`` default to that optimizer's own defaults, and ``kwargs`` go to it (checked
+    against its signature).
+
+    - Weight decay skips parameters with fewer than 2 dims and names matching ``no_decay_patterns``.
+    - ``lr_multipliers`` maps name patterns to factors, e.g. ``{"*embed_tokens*": 0.1}``; the first matching
+      pattern wins and a pattern matching nothing is an error. For Muon the factor scales ``adamw_lr`` too.
+    - ``adamw`` / ``adam`` use torch's fused kernel when every parameter's device supports it (CPU and CUDA in torch
+      2.13), else the foreach one; setting ``fused``, ``foreach`` or ``differentiable`` yourself turns this off.
+    - ``param_groups[0]`` is a base-lr group (multiplier 1 when any parameter has it; a Muon group for Muon), which
+      the LR scheduler's ``max_lr`` / ``min_lr`` refer to; the other groups keep their lr ratio to it.
+    """
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise OptimError(f"optimizer.name={name!r} is not a known optimizer; choose one of {list(OPTIMIZERS)}")
+    cls = OPTIMIZERS[key]
+    signature = inspect.signature(cls)
+    accepted = [
+        p.name
+        for p in signature.parameters.values()
+        if p.name != "params" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        options = sorted(set(accepted) | set(_BUILD_KEYS))
+        keys = ", ".join(f"optimizer.{k}" for k in unknown)
+        verb = "is not an option" if len(unknown) == 1 else "are not options"
+        raise OptimError(
+            f"{keys} {verb} of {key} ({cls.__module__}.{cls.__qualname__}); accepted: {', '.join(options)}"
+        )
+    if lr is None:
+        lr = float(signature.parameters["lr"].default)
+    if weight_decay is None:
+        weight_decay = float(signature.parameters["weight_decay"].default)
+
+    params = list(params)
+    extra_lrs, extra_weight_decays = {}, {}
+    if key == "muon":  # Muon's AdamW part follows the same groups: same multipliers, same no-decay rule
+        extra_lrs["adamw_lr"] = kwargs.get("adamw_lr", signature.parameters["adamw_lr"].default)
+        adamw_weight_decay = kwargs.get("adamw_weight_decay")
+        extra_weight_decays["adamw_weight_decay"] = weight_decay if adamw_weight_decay is None else adamw_weight_decay
+    groups = build_named_param_groups(
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay_patterns=no_decay_patterns,
+        lr_multipliers=lr_multipliers,
+        extra_lrs=extra_lrs,
+        extra_weight_decays=extra_weight_decays,
+    )
+    if key in ("adamw", "adam") and not {"fused", "foreach", "differentiable"} & set(kwargs):
+        _, tensors = split_names(params)
+        kwargs["fused" if _fused_supported(tensors) else "foreach"] = True
+
+    try:
+        optimizer = cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+    except UserError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as error:  # torch's own checks (betas, eps, fused + dtype...)
+        raise OptimError(f"optimizer ({key}): {error}") from error
+    logger.info(
+        "Optimizer: %s%s, %d param groups (lr, weight_decay): %s",
+        key,
+        " (fused)" if kwargs.get("fused") else " (foreach)" if kwargs.get("foreach") else "",
+        len(optimizer.param_groups),
+        ", ".join(f"({g['lr']:.3g}, {g['weight_decay']:.3g}) x {len(g['params'])}" for g in optimizer.param_groups),
+    )
+    return optimizer
+
+
+def _fused_supported(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether torch's fused Adam kernel takes all these parameters (device and dtype)."""
+    try:  # private helper, but the one torch itself checks against; fall back to the devices it had in 2.13
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:
+        devices = {"cpu", "cuda"}
+    return all(t.device.type in devices and t.is_floating_point() for t in tensors)

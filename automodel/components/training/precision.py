@@ -59,6 +59,32 @@ class MixedPrecisionConfig:
         if self.torch_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrainingError("mixed_precision.dtype: this GPU has no bf16 support; use none (fp32)")
 
+    def cast_frozen_linear_weights(self, model: torch.nn.Module) -> int:
+        """Store frozen linear weights in the autocast dtype; returns how many tensors were cast.
+
+        Under autocast a linear layer casts its fp32 weight to bf16 on every forward; for a frozen weight (a LoRA
+        base model) that copy is pure overhead, and storing it in bf16 gives bit-identical matmuls with half the
+        memory. Weights shared with another module (tied embeddings) and layers that also read the weight outside
+        autocast (DoRA's weight norm) keep their dtype.
+        """
+        if self.torch_dtype is None:
+            return 0
+        owners: dict[int, int] = {}
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                owners[id(param)] = owners.get(id(param), 0) + 1
+        cast = 0
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear) or hasattr(module, "lora_magnitude_vector"):
+                continue
+            for name in ("weight", "bias"):
+                param = getattr(module, name, None)
+                if param is None or param.requires_grad or owners[id(param)] > 1 or param.dtype == self.torch_dtype:
+                    continue
+                param.data = param.data.to(self.torch_dtype)
+                cast += 1
+        return cast
+
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """A reusable context manager for forward passes."""
         if self.torch_dtype is None:

@@ -21,12 +21,15 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoConfig
 
 from automodel._shared.errors import UserError, exit_on_user_error
+from automodel.components._peft import PeftConfig, apply_peft, write_adapter_dir
 from automodel.components._transformers import NeMoAutoTokenizer, resolve_model_path
 from automodel.components.checkpoint import CheckpointConfig, Checkpointer
 from automodel.components.config import (
@@ -45,12 +48,17 @@ from automodel.components.datasets.utils import default_collater
 from automodel.components.distributed import (
     CompileConfig,
     DistEnvConfig,
-    DistInfo,
     DistributedConfig,
-    all_reduce_sum,
+    ParallelState,
+    build_parallel_state,
+    clip_grad_norm_,
+    context_parallel_batch,
     destroy_distributed,
     initialize_distributed,
+    no_sync,
     parallelize_model,
+    shard_optimizer,
+    validate_for_model,
 )
 from automodel.components.loggers import LoggingConfig, WandbLogger, build_loggers
 from automodel.components.loss.masked_ce import MaskedCrossEntropy
@@ -73,7 +81,7 @@ logger = logging.getLogger("automodel.recipes.llm.finetune")
 # supplies itself at build time. validate_config binds each section to that signature before anything is loaded.
 _DATALOADER = Section(
     default_target=DataLoader,
-    provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn"}),
+    provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn", "generator"}),
     ignore=frozenset({"shuffle"}),
 )
 SCHEMA: dict[str, Section] = {
@@ -85,6 +93,7 @@ SCHEMA: dict[str, Section] = {
     "rng": Section(default_target=StatefulRNG, provided=frozenset({"rank"})),
     "model": Section(required=True),
     "tokenizer": Section(default_target=NeMoAutoTokenizer.from_pretrained),
+    "peft": Section(default_target=PeftConfig),
     "distributed": Section(default_target=DistributedConfig),
     "compile": Section(default_target=CompileConfig),
     "mixed_precision": Section(default_target=MixedPrecisionConfig),
@@ -108,10 +117,12 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
 
     def batch_sizes(cfg: ConfigNode) -> list[str]:
         gbs, lbs = cfg.get("step_scheduler.global_batch_size"), cfg.get("step_scheduler.local_batch_size")
-        if isinstance(gbs, int) and isinstance(lbs, int) and lbs > 0 and gbs % (lbs * world_size):
+        model_parallel = (cfg.get("distributed.tp_size", 1) or 1) * (cfg.get("distributed.cp_size", 1) or 1)
+        dp = max(1, world_size // model_parallel) if isinstance(model_parallel, int) else world_size
+        if isinstance(gbs, int) and isinstance(lbs, int) and lbs > 0 and gbs % (lbs * dp):
             return [
                 f"step_scheduler.global_batch_size({gbs}) must be a multiple of local_batch_size({lbs}) x "
-                f"data-parallel size({world_size}) = {lbs * world_size}"
+                f"data-parallel size({dp}) = {lbs * dp}"
             ]
         return []
 
@@ -150,7 +161,7 @@ def build_dataloader(
     *,
     batch_size: int,
     pad_token_id: int,
-    dist_info: DistInfo,
+    state: ParallelState,
     seed: int,
     train: bool,
 ) -> DataLoader:
@@ -164,12 +175,21 @@ def build_dataloader(
         len(dataset),
         shuffle=shuffle,
         seed=seed,
-        num_replicas=dist_info.world_size,
-        rank=dist_info.rank,
+        num_replicas=state.dp_size,  # tensor/context-parallel ranks of one replica read the same samples
+        rank=state.dp_rank,
         drop_last=train,
     )
+    # A generator of its own: otherwise every new iterator (each epoch, each validation) draws its worker seed from
+    # the global RNG, and a resumed run's dropout masks would drift from the original run's.
+    generator = torch.Generator().manual_seed(seed)
     return instantiate(
-        node, default_target=DataLoader, dataset=dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate
+        node,
+        default_target=DataLoader,
+        dataset=dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        generator=generator,
     )
 
 
@@ -188,50 +208,51 @@ def forward_loss(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, autocast: Any, device: torch.device
+    model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, autocast: Any, state: ParallelState
 ) -> dict:
-    """Mean loss per supervised token over the whole validation set (summed over ranks)."""
+    """Mean loss per supervised token over the whole validation set (summed over data-parallel ranks)."""
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, supervised tokens]
+    totals = torch.zeros(2, dtype=torch.float64, device=state.device)  # [loss sum, supervised tokens]
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        totals[0] += forward_loss(model, batch, loss_fn, 1, autocast).double()  # num_label_tokens=1 -> the sum
-        totals[1] += (batch["labels"] != -100).sum()
+        batch = {k: v.to(state.device) for k, v in batch.items()}
+        with context_parallel_batch(state, batch) as local:  # this rank's slice of the sequences under CP
+            totals[0] += forward_loss(model, local, loss_fn, 1, autocast).double()  # num_label_tokens=1: the sum
+            totals[1] += (local["labels"] != -100).sum()
     model.train()
-    loss_sum, tokens = all_reduce_sum(totals).tolist()
+    loss_sum, tokens = state.all_reduce_dp(totals).tolist()
     loss = loss_sum / max(tokens, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
 
 
 def train_step(
-    model: torch.nn.Module, batches: list[dict], loss_fn: Callable, autocast: Any, dist_info: DistInfo
+    model: torch.nn.Module, batches: list[dict], loss_fn: Callable, autocast: Any, state: ParallelState
 ) -> dict:
     """Forward and backward over the micro-batches of one optimizer step.
 
     Each micro-batch loss is its summed token loss divided by the supervised-token count of the whole global batch
-    (all micro-batches, all ranks), times the data-parallel size because DDP averages gradients over ranks: the
-    accumulated gradient then equals that of one big batch, however it is split.
+    (all micro-batches, all data-parallel ranks), times the data-parallel size because DDP / FSDP2 average gradients
+    over ranks: the accumulated gradient then equals that of one big batch, however it is split.
     """
-    batches = [{k: v.to(dist_info.device) for k, v in b.items()} for b in batches]
+    batches = [{k: v.to(state.device) for k, v in b.items()} for b in batches]
     counts = torch.tensor(
         [sum(int((b["labels"] != -100).sum()) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches)],
         dtype=torch.float64,
-        device=dist_info.device,
+        device=state.device,
     )
-    num_label_tokens, num_tokens = all_reduce_sum(counts).tolist()  # host sync: one small all-reduce per step
+    # host sync: one small all-reduce per step. Context-parallel peers hold the same batch: count it once.
+    num_label_tokens, num_tokens = (state.all_reduce_dp(counts) / state.cp_size).tolist()
     if num_label_tokens == 0:
         raise UserError("a global batch has no supervised token (all labels are -100); check the dataset's loss mask")
-    loss_sum = torch.zeros((), device=dist_info.device)
+    loss_sum = torch.zeros((), device=state.device)
     for i, batch in enumerate(batches):
-        # Only the last micro-batch all-reduces gradients (DDP's no_sync skips it for the others).
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            loss = forward_loss(model, batch, loss_fn, num_label_tokens, autocast) * dist_info.world_size
+        # Only the last micro-batch reduces gradients across ranks (no_sync skips it for the others).
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else no_sync(model)
+        with sync, context_parallel_batch(state, batch) as local:
+            loss = forward_loss(model, local, loss_fn, num_label_tokens, autocast) * state.dp_cp_size
             loss.backward()
-        loss_sum += loss.detach() / dist_info.world_size
+        loss_sum += loss.detach() / state.dp_cp_size
     return {
-        "loss": all_reduce_sum(loss_sum).item(),
+        "loss": state.all_reduce_dp(loss_sum).item(),
         "num_label_tokens": int(num_label_tokens),
         "num_tokens": int(num_tokens),
         "seq_len": max(b["input_ids"].shape[1] for b in batches),
@@ -270,12 +291,16 @@ def model_identity(model: torch.nn.Module, source: str | None) -> dict:
 # The recipe
 # ---------------------------------------------------------------------------------------------------------------
 def main(cfg: ConfigNode) -> dict[str, Any]:
-    """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses)."""
+    """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses, and
+    the trained model)."""
     # --- validation, distributed, logging, seed ----------------------------------------------------------------
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
     dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
     setup_logging(dist_info.rank)
+    distributed = instantiate(cfg.get("distributed"), default_target=DistributedConfig)
+    distributed.validate(dist_info.world_size, dist_info.device)
+    state = build_parallel_state(distributed, dist_info)
     rng_node = cfg.get("rng") or ConfigNode({"seed": cfg.get("seed", 42)})
     rng = instantiate(rng_node, default_target=StatefulRNG, rank=dist_info.rank)
     seed = rng_node.get("seed", 42)
@@ -285,14 +310,20 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     model_source = cfg.model.get("pretrained_model_name_or_path")
     if model_source is not None:
         model_source = resolve_model_path(model_source, cfg.model.get("gguf_file"))
-    model = instantiate(cfg.model)
+    if state.tp_size > 1 and model_source is not None:  # head counts vs tp_size, before any weight is read
+        validate_for_model(distributed, AutoConfig.from_pretrained(model_source))
+    model = instantiate(cfg.model)  # on the meta device with `init_device: meta`: parallelize_model loads shards
     tokenizer = instantiate(
         cfg.get("tokenizer"),
         default_target=NeMoAutoTokenizer.from_pretrained,
         **({} if "tokenizer" in cfg else {"pretrained_model_name_or_path": model_source}),
     )
+    peft_config = None
+    if "peft" in cfg:  # LoRA / DoRA: freeze the base, patch the target linears (before sharding and the optimizer)
+        peft_config, _ = apply_peft(model, instantiate(cfg.peft, default_target=PeftConfig))
     precision.check(model, dist_info.device)
-    model.to(dist_info.device)
+    if dist_info.world_size == 1 or distributed.strategy == "ddp":  # FSDP2 wants one dtype per parameter group
+        precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
     model.train()
     autocast = precision.autocast(dist_info.device)
     identity = model_identity(model, model_source)
@@ -305,7 +336,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         dataset,
         batch_size=local_batch_size,
         pad_token_id=tokenizer.pad_token_id,
-        dist_info=dist_info,
+        state=state,
         seed=seed,
         train=True,
     )
@@ -317,26 +348,26 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
             val_dataset,
             batch_size=local_batch_size,
             pad_token_id=tokenizer.pad_token_id,
-            dist_info=dist_info,
+            state=state,
             seed=seed,
             train=False,
         )
 
     # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------
-    distributed = instantiate(cfg.get("distributed"), default_target=DistributedConfig)
-    dp_size = distributed.resolve_dp_size(dist_info.world_size)
-    train_model = parallelize_model(
-        model, dist_info, distributed, instantiate(cfg.get("compile"), default_target=CompileConfig)
-    )
+    # TP -> activation checkpointing -> compile -> FSDP2 | DDP; moves the model to the device (loading its shards
+    # when it was built on the meta device). The optimizer is built right after, over the sharded parameters.
+    compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
+    train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
     step_scheduler = instantiate(
-        cfg.step_scheduler, default_target=StepScheduler, dp_size=dp_size, dataloader=train_loader
+        cfg.step_scheduler, default_target=StepScheduler, dp_size=state.dp_size, dataloader=train_loader
     )
     # Named parameters: torch optimizers keep the names (param_names), and name-aware ones (Muon, no-decay groups)
     # need them.
     named_trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     trainable = [p for _, p in named_trainable]
     optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=named_trainable)
+    optimizer = shard_optimizer(optimizer, distributed)  # Megatron-FSDP owns its optimizer's shards; else a no-op
     lr_scheduler = instantiate(
         cfg.get("lr_scheduler"),
         default_target=build_lr_scheduler,
@@ -368,12 +399,20 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     resume_from = checkpointer.find_resume_checkpoint()
     if resume_from is not None:
         checkpointer.check_identity(resume_from, identity)
-        state = checkpointer.load(
+        restored = checkpointer.load(
             resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=dist_info.rank
         )
-        step_scheduler.load_state_dict(state["train_state"]["step_scheduler"])
-        if state["rng_state"] is not None:
-            rng.load_state_dict(state["rng_state"])
+        step_scheduler.load_state_dict(restored["train_state"]["step_scheduler"])
+        if restored["rng_state"] is not None:
+            rng.load_state_dict(restored["rng_state"])
+        saved_dp_size = restored["train_state"].get("dp_size", state.dp_size)
+        if saved_dp_size != state.dp_size:
+            logger.warning(
+                "Resuming with %d data-parallel ranks, saved with %d: weights and optimizer state were resharded, "
+                "but from here on the data order differs from the original run's",
+                state.dp_size,
+                saved_dp_size,
+            )
         metric_loggers.resume(step_scheduler.step)
         logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)
 
@@ -385,17 +424,28 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
             tokenizer=tokenizer,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
-            train_state={"step_scheduler": step_scheduler.state_dict()},
+            train_state={"step_scheduler": step_scheduler.state_dict(), "dp_size": state.dp_size},
             rng_state=rng.state_dict(),
             config_yaml=cfg.to_yaml(),
             model_identity=identity,
+            model_writer=None if peft_config is None else write_adapter,
         )
         summary["checkpoint"] = str(path)
+
+    def write_adapter(directory: Path) -> None:  # a PEFT run's model/ is the HF PEFT adapter, not the full model
+        write_adapter_dir(
+            model,
+            directory,
+            peft_config,
+            base_model_name_or_path=model_source,
+            rank=dist_info.rank,
+            tokenizer=tokenizer,
+        )
 
     def validate_now() -> float | None:
         if val_loader is None:
             return None
-        metrics = evaluate(train_model, val_loader, loss_fn, autocast, dist_info.device)
+        metrics = evaluate(train_model, val_loader, loss_fn, autocast, state)
         metric_loggers.log(metrics, step_scheduler.step, prefix="val")
         return metrics["loss"]
 
@@ -406,8 +456,8 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     with ShutdownSignal() as shutdown:
         for batches in step_scheduler:
             start = time.perf_counter()
-            stats = train_step(train_model, batches, loss_fn, autocast, dist_info)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))
+            stats = train_step(train_model, batches, loss_fn, autocast, state)
+            grad_norm = clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))  # DTensor-aware
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -415,7 +465,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
             tokens_per_s = stats["num_tokens"] / elapsed
             metrics = {
                 "loss": stats["loss"],
-                "grad_norm": grad_norm.item(),
+                "grad_norm": grad_norm,
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_per_s": tokens_per_s,
                 "peak_memory_gib": peak_memory_gib(dist_info.device),
@@ -441,11 +491,18 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
 
     # --- wrap up -----------------------------------------------------------------------------------------------
     summary["val_loss_after"] = val_loss
+    summary["model"] = model  # the trained (unwrapped) model, for callers of main() from Python
     if summary["val_loss_before"] is not None and val_loss is not None:
         logger.info("Validation loss: %.4f before training -> %.4f after", summary["val_loss_before"], val_loss)
-    if summary["checkpoint"]:
+    if summary["checkpoint"] and peft_config is None:
         logger.info(
             "Saved %s/model (load it with transformers.AutoModelForCausalLM.from_pretrained)", summary["checkpoint"]
+        )
+    elif summary["checkpoint"]:
+        logger.info(
+            "Saved the adapter in %s/model (peft.PeftModel.from_pretrained(base, dir) loads it; "
+            "`automodel peft merge --adapter DIR --output DIR` folds it into a full model)",
+            summary["checkpoint"],
         )
     metric_loggers.close()
     destroy_distributed()

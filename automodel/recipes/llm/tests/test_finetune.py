@@ -69,12 +69,19 @@ def test_golden_losses_checkpoint_and_validation(tiny_model_dir: Path, tmp_path:
 
 
 def _start(cfg_path: Path, *extra: str, log: Path) -> subprocess.Popen:
+    # A session of its own: a SIGKILL can then reach torchrun's worker processes too (as a node failure would).
     return subprocess.Popen(
         cli_command("llm", "finetune", "-c", str(cfg_path), *extra),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=REPO,
+        start_new_session=True,
     )
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -97,11 +104,25 @@ LONG_RUN = (
 )
 
 
-def test_sigkill_then_resume_continues_the_same_trajectory(tiny_model_dir: Path, tmp_path: Path):
+PEFT_SECTION = "peft:\n  target_modules: [q_proj, v_proj]\n  dim: 4\n  alpha: 8\n  dropout: 0.1\n"
+
+
+@pytest.mark.parametrize(
+    ("peft", "launch"),
+    [(False, ()), (True, ()), (False, ("--nproc-per-node", "2", "--distributed.strategy", "fsdp2"))],
+    ids=["full", "lora", "fsdp2x2"],
+)
+def test_sigkill_then_resume_continues_the_same_trajectory(
+    tiny_model_dir: Path, tmp_path: Path, peft: bool, launch: tuple[str, ...]
+):
     cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    if peft:  # dropout > 0: the resumed run must also restore the RNG streams exactly
+        cfg.write_text(cfg.read_text() + PEFT_SECTION)
     # The reference: one uninterrupted run, in another checkpoint dir.
     ref = subprocess.run(
-        cli_command("llm", "finetune", "-c", str(cfg), *LONG_RUN, "--checkpoint.checkpoint_dir", str(tmp_path / "ref")),
+        cli_command(
+            "llm", "finetune", "-c", str(cfg), *LONG_RUN, *launch, "--checkpoint.checkpoint_dir", str(tmp_path / "ref")
+        ),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -112,16 +133,19 @@ def test_sigkill_then_resume_continues_the_same_trajectory(tiny_model_dir: Path,
     assert len(reference) == 40
 
     # Kill -9 as soon as the first checkpoint is published, mid-run.
-    proc = _start(cfg, *LONG_RUN, log=tmp_path / "killed.log")
+    proc = _start(cfg, *LONG_RUN, *launch, log=tmp_path / "killed.log")
     _wait_for(lambda: (tmp_path / "ckpt" / "LATEST").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_tree(proc)
     killed_at = max(read_metrics(tmp_path / "ckpt" / "metrics.jsonl"))
     resumed_from = int((tmp_path / "ckpt" / "LATEST").read_text().strip().rsplit("_", 1)[1])
     assert resumed_from < 40
 
     again = subprocess.run(
-        cli_command("llm", "finetune", "-c", str(cfg), *LONG_RUN), capture_output=True, text=True, cwd=REPO, timeout=600
+        cli_command("llm", "finetune", "-c", str(cfg), *LONG_RUN, *launch),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resumed from {tmp_path / 'ckpt'}" in again.stderr
@@ -145,11 +169,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir: Path, tmp_
     assert "shutdown signal" in (tmp_path / "run.log").read_text()
 
 
-def test_ddp_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    "strategy",
+    [["--distributed.strategy", "ddp"], ["--distributed.strategy", "fsdp2"], ["--distributed.tp_size", "2"]],
+    ids=["ddp", "fsdp2", "tp2"],
+)
+def test_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Path, strategy: list[str]):
     cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "single")
     common = (
         "--step_scheduler.max_steps",
-        "3",
+        "5",
         "--step_scheduler.val_every_steps",
         "none",
         "--dist_env.backend",
@@ -168,8 +197,9 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Pat
             "--nproc-per-node",
             "2",
             *common,
+            *strategy,
             "--checkpoint.checkpoint_dir",
-            str(tmp_path / "ddp"),
+            str(tmp_path / "multi"),
         ),
         capture_output=True,
         text=True,
@@ -178,15 +208,56 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Pat
     )
     assert two.returncode == 0, two.stderr[-5000:]
     assert "using 'gloo' instead" in two.stderr
-    single, ddp = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
-    for step in (1, 2, 3):
-        # Same global batch (rank shards of one permutation), different padding: equal up to fp32 reduction order.
-        assert ddp[step]["loss"] == pytest.approx(single[step]["loss"], abs=1e-5)
-        assert ddp[step]["num_label_tokens"] == single[step]["num_label_tokens"]
-    w1 = _weights(tmp_path / "single" / "epoch_0_step_3" / "model")
-    w2 = _weights(tmp_path / "ddp" / "epoch_0_step_3" / "model")
+    single, multi = (
+        read_metrics(tmp_path / "single" / "metrics.jsonl"),
+        read_metrics(tmp_path / "multi" / "metrics.jsonl"),
+    )
+    for step in range(1, 6):
+        # Same global batch (data-parallel shards of one permutation, or the same batch on both TP ranks), other
+        # padding and reduction order: equal up to fp32 rounding.
+        assert multi[step]["loss"] == pytest.approx(single[step]["loss"], abs=1e-5)
+        assert multi[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], abs=1e-4)
+        assert multi[step]["num_label_tokens"] == single[step]["num_label_tokens"]
+    # The consolidated checkpoint (gathered from the shards) is the single-process model, and transformers loads it.
+    w1 = _weights(tmp_path / "single" / "epoch_0_step_5" / "model")
+    w2 = _weights(tmp_path / "multi" / "epoch_0_step_5" / "model")
+    assert sorted(w1) == sorted(w2)
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "multi" / "epoch_0_step_5" / "model")
+
+
+def test_resume_on_another_world_size_reshards(tiny_model_dir: Path, tmp_path: Path):
+    """2 FSDP2 ranks -> 1 process -> 2 ranks: DCP reshards weights and optimizer state; the data order note shows."""
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    base = ("--step_scheduler.val_every_steps", "none", "--step_scheduler.ckpt_every_steps", "2")
+    runs = [("2", "2"), ("1", "4"), ("2", "6")]  # (processes, stop after step)
+    for nproc, max_steps in runs:
+        proc = subprocess.run(
+            cli_command(
+                "llm",
+                "finetune",
+                "-c",
+                str(cfg),
+                "--nproc-per-node",
+                nproc,
+                *base,
+                "--step_scheduler.max_steps",
+                max_steps,
+            ),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        if max_steps != "2":
+            assert "Resumed from" in proc.stderr and "data order differs" in proc.stderr
+    metrics = read_metrics(tmp_path / "ckpt" / "metrics.jsonl")
+    assert sorted(metrics) == [1, 2, 3, 4, 5, 6]
+    assert all(metrics[step]["loss"] < 7.5 for step in metrics)  # resumed from trained weights, not re-initialised
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -347,3 +418,39 @@ def test_pretraining_from_a_model_config(tiny_model_dir: Path, tmp_path: Path):
 @pytest.mark.parametrize("example", sorted((REPO / "examples" / "llm").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_config_validates(example: Path):
     finetune.validate(load_config(example))
+
+
+def test_lora_adapter_is_an_hf_peft_adapter_and_merges(tiny_model_dir: Path, tmp_path: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg_path = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    cfg_path.write_text(cfg_path.read_text() + PEFT_SECTION)
+    summary = finetune.main(load_config(cfg_path, ["--step_scheduler.max_steps", "4"]))
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+    model = summary["model"].eval()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+
+    adapter = tmp_path / "ckpt" / "epoch_0_step_4" / "model"
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        theirs = PeftModel.from_pretrained(base, adapter).eval()(input_ids=ids).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+    from automodel.components._peft import merge_adapter
+
+    merge_adapter(None, adapter, tmp_path / "merged")  # the base recorded in the adapter (what the CLI does)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert (merged(input_ids=ids).logits - theirs).abs().max().item() <= 1e-5
+
+    # Training can start from an existing adapter: its first validation equals where the last run ended.
+    restart = write_config(tmp_path / "restart.yaml", tiny_model_dir, tmp_path / "ckpt2")
+    restart.write_text(restart.read_text() + f"peft:\n  adapter_path: {adapter}\n")
+    again = finetune.main(load_config(restart, ["--step_scheduler.max_steps", "1"]))
+    assert again["val_loss_before"] == pytest.approx(summary["val_loss_after"], abs=1e-6)
