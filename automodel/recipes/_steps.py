@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 
 from automodel._shared.errors import UserError
@@ -74,9 +75,39 @@ def forward_loss(
     # (input_ids, attention_mask or position_ids, pixel_values...).
     # use_cache=False: training never needs the KV cache, and with it packed documents would attend to each other.
     inputs = {key: value for key, value in batch.items() if key != "labels" and not key.startswith("_")}
+    if getattr(loss_fn, "needs_hidden_states", False):
+        # A fused linear cross-entropy projects the final hidden states itself (only at supervised positions, a
+        # chunk at a time); logits_to_keep=1 stops the model from computing logits for every position first.
+        with autocast:
+            out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            weight, reshard = _output_weight(model)
+            loss = loss_fn(out.hidden_states[-1], batch["labels"], weight, num_label_tokens)
+        if reshard is not None:
+            reshard()
+        return loss
     with autocast:
         logits = model(**inputs, use_cache=False).logits
     return loss_fn(logits, batch["labels"], num_label_tokens=num_label_tokens)
+
+
+def _output_weight(model: torch.nn.Module) -> tuple[torch.Tensor, Callable[[], None] | None]:
+    """The output projection's weight, read after the forward, and what to call once the loss is computed.
+
+    In training FSDP2 keeps the root (lm_head included) unsharded from forward to backward; after a no-grad forward
+    it has already resharded, so the weight is gathered again for the loss and released after it.
+    """
+    for attr in ("module", "_orig_mod"):  # DDP, torch.compile wrappers
+        model = getattr(model, attr, model)
+    weight = model.get_output_embeddings().weight
+    if hasattr(weight, "full_tensor") and isinstance(model, FSDPModule) and not torch.is_grad_enabled():
+        model.unshard()
+        return model.get_output_embeddings().weight, model.reshard
+    if hasattr(weight, "full_tensor"):
+        raise UserError(
+            "loss_fn: FusedLinearCrossEntropy needs the whole output projection, but it is sharded here (tensor "
+            "parallel lm_head); use automodel.components.loss.masked_ce.MaskedCrossEntropy with tp_size > 1"
+        )
+    return weight, None
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:

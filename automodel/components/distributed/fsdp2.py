@@ -32,7 +32,9 @@ def apply_fsdp2(
         # The last layer's parameters are needed again as soon as backward starts: keeping them saves an all-gather.
         reshard = reshard_after_forward and i < len(layers) - 1
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    # The root (embeddings, final norm, lm_head) stays unsharded from forward to backward, which starts with it;
+    # a fused linear cross-entropy also reads lm_head's unsharded weight right after the forward.
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
     # FSDP2 keeps the root (and here the last layer) unsharded after forward, since backward needs them at once.
     # After a forward without grad (an evaluation) nothing reshards them, and an optimizer built then would hold the
     # unsharded parameters, which are never updated (ENVIRONMENT.md). Resharding after every no-grad forward closes

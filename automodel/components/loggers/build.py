@@ -16,15 +16,22 @@ from automodel.components.loggers.wandb_logger import WandbLogger
 
 @dataclass
 class LoggingConfig:
-    """`logging:` -- where metrics go. `log_dir: none` means the checkpoint dir (or `logs/` without checkpoints)."""
+    """`logging:` -- where metrics go. `log_dir: none` means the checkpoint dir (or `logs/` without checkpoints).
+
+    `peak_flops` is the per-device peak (FLOP/s) that MFU is measured against; none uses the device's table value
+    (H100/H200 989e12 bf16 dense, A100 312e12, ...; this CPU class 880e9 bf16 / 213e9 fp32, measured).
+    """
 
     log_dir: str | None = None
     log_every_steps: int = 1
     progress_bar: bool = True
+    peak_flops: float | None = None
 
     def __post_init__(self) -> None:
         if self.log_every_steps < 1:
             raise LoggerError(f"logging.log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise LoggerError(f"logging.peak_flops must be > 0 (FLOP/s per device) or none, got {self.peak_flops}")
 
     def resolve_log_dir(self, checkpoint_dir: str | None) -> str:
         return self.log_dir or checkpoint_dir or "logs"

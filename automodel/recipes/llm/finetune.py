@@ -248,7 +248,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         progress_bar=log_cfg.progress_bar,
         log_every_steps=log_cfg.log_every_steps,
     )
-    peak_flops = default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
+    peak_flops = log_cfg.peak_flops or default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
 
     # --- resume ------------------------------------------------------------------------------------------------
     resume_from = checkpointer.find_resume_checkpoint()

@@ -454,3 +454,25 @@ def test_lora_adapter_is_an_hf_peft_adapter_and_merges(tiny_model_dir: Path, tmp
     restart.write_text(restart.read_text() + f"peft:\n  adapter_path: {adapter}\n")
     again = finetune.main(load_config(restart, ["--step_scheduler.max_steps", "1"]))
     assert again["val_loss_before"] == pytest.approx(summary["val_loss_after"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "--loss_fn._target_",
+            "automodel.components.loss.linear_ce.FusedLinearCrossEntropy",
+            "--loss_fn.chunk_size",
+            "16",
+        ],
+        ["--compile.enabled", "true"],
+        ["--distributed.activation_checkpointing", "true"],
+    ],
+    ids=["fused_linear_ce", "compile", "activation_checkpointing"],
+)
+def test_speed_options_learn_the_same_thing(tiny_model_dir: Path, tmp_path: Path, overrides: list[str]):
+    """Each speed / memory switch changes how the step is computed, never what it computes (fp32, same data)."""
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt"), overrides)
+    summary = finetune.main(cfg)
+    losses = {step: round(loss, 4) for step, loss in summary["train_losses"].items()}
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
