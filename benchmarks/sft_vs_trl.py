@@ -1,13 +1,18 @@
-"""Side-by-side training throughput and memory: automodel (full fine-tune, LoRA) vs TRL's SFTTrainer (+ peft LoRA).
+"""Side-by-side training throughput, memory and loss: automodel vs TRL's SFTTrainer, on the same work.
 
-    python benchmarks/sft_vs_trl.py                                   # the LoRA comparison (issue 3)
-    python benchmarks/sft_vs_trl.py --runs ours-full,trl-full --steps 30
+    python benchmarks/sft_vs_trl.py                        # issue 5: full SFT, packing off then on, + ours compiled
+    python benchmarks/sft_vs_trl.py --runs ours-full,ours-lora,trl-lora --packing off      # issue 3: LoRA
 
-Same model (SmolLM2-135M-Instruct, `automodel prepare smollm2`), same data (the shipped SQuAD-format QA data, or
-`--data` with any file in that format, e.g. GSM8K converted), same chat formatting and loss on the answer only, same
-batch, max length, learning rate, bf16 autocast over fp32 weights, same number of optimizer steps. Each run is a
-separate process (so each peak RSS is its own), one after the other on the same machine. The first `--warmup` steps
-are not timed. tokens/s counts non-padding tokens. Prints a table and the ratios; `--json` writes the raw results.
+Same model (SmolLM2-135M-Instruct, `automodel prepare smollm2`), same data (GSM8K question/answer pairs from
+`--data`, default `../shared/data/gsm8k/train.jsonl` when present, else the shipped SQuAD-format QA data), same chat
+formatting with the loss on the answer only, same rows in the same order (no shuffling in either), same batch,
+max length, learning rate (constant), AdamW, bf16 autocast over fp32 weights and the same number of optimizer steps.
+With packing on, both pack samples into rows of `--max-length` tokens (each with its own algorithm).
+
+Each run is a separate process (so each peak RSS is its own), one after the other, in one invocation. The first
+`--warmup` steps are not timed; tokens/s counts non-padding tokens; "final loss" is the mean training loss of the last
+5 steps. automodel runs use FusedLinearCrossEntropy and fused AdamW (its defaults for speed); TRL runs use TRL's
+defaults for the same settings. Prints a table and the ratio lines; `--json` also writes the raw numbers.
 Needs `pip install trl` for the trl-* runs.
 """
 
@@ -24,57 +29,85 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = ("ours-full", "ours-lora", "trl-lora", "trl-full")
+RUNS = ("ours-full", "ours-full-compile", "ours-lora", "trl-full", "trl-lora")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+GSM8K = REPO.parent / "shared/data/gsm8k/train.jsonl"
+SQUAD = REPO / "examples/llm/data/facts_squad/train.jsonl"
+LAST = 5  # final loss = mean of the last LAST steps
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def load_rows(path: Path, limit: int) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()[:limit]]
-    return [{"context": r["context"], "question": r["question"], "answer": r["answers"]["text"][0]} for r in rows]
+def load_pairs(path: Path, limit: int) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs: GSM8K's question/answer, or a SQuAD row's context + question / first answer."""
+    pairs = []
+    for line in path.read_text().splitlines()[:limit]:
+        row = json.loads(line)
+        if "answers" in row:
+            pairs.append((f"Context: {row['context']}\nQuestion: {row['question']}", row["answers"]["text"][0]))
+        else:
+            pairs.append((row["question"], row["answer"]))
+    return pairs
+
+
+def write_pairs(pairs: list[tuple[str, str]]) -> Path:
+    path = Path(tempfile.mkstemp(suffix=".jsonl")[1])
+    path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in pairs))
+    return path
 
 
 # --- automodel -----------------------------------------------------------------------------------------------------
-def run_ours(args: argparse.Namespace, lora: bool) -> dict:
+def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool) -> dict:
     from automodel.components.config import apply_overrides, load_config
     from automodel.recipes.llm import finetune
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench_ours_"))
     cfg = load_config(REPO / "examples/llm/smollm2_135m_squad.yaml")
-    del cfg["validation_dataset"], cfg["validation_dataloader"]
-    if not lora:
-        cfg.pop("peft", None)
-    overrides = {
+    for key in ("validation_dataset", "validation_dataloader", "peft"):
+        cfg.pop(key, None)
+    cfg["dataset"] = {
+        "_target_": "automodel.components.datasets.llm.column_mapped_text_instruction_dataset."
+        "ColumnMappedTextInstructionDataset",
+        "path_or_dataset_id": str(write_pairs(load_pairs(args.data, args.rows))),
+        "column_mapping": {"question": "prompt", "answer": "answer"},
+        "seq_length": args.max_length,
+        "on_overflow": "truncate",
+    }
+    overrides: dict = {
         "model.pretrained_model_name_or_path": str(args.model),
-        "dataset.dataset_name": str(args.data),
-        "dataset.split": f"train[:{args.rows}]",
-        "dataset.seq_length": args.max_length,
         "step_scheduler.global_batch_size": args.batch,
         "step_scheduler.local_batch_size": args.batch,
         "step_scheduler.max_steps": args.warmup + args.steps,
         "step_scheduler.val_every_steps": None,
         "step_scheduler.ckpt_every_steps": None,
+        "dataloader.shuffle": False,
         "checkpoint.enabled": False,
         "logging.log_dir": str(log_dir),
         "logging.progress_bar": False,
         "optimizer.lr": args.lr,
+        "optimizer.fused": True,
         "lr_scheduler.lr_decay_style": "constant",
         "lr_scheduler.lr_warmup_steps": 0,
         "lr_scheduler.min_lr": 0.0,
+        "loss_fn._target_": "automodel.components.loss.linear_ce.FusedLinearCrossEntropy",
+        "compile.enabled": compile_model,
     }
+    if args.packing == "on":
+        overrides["packed_sequence.packed_sequence_size"] = args.max_length
     if lora:
         overrides.update({"peft.target_modules": LORA_TARGETS, "peft.dim": 8, "peft.alpha": 32, "peft.dropout": 0.0})
     apply_overrides(cfg, list(overrides.items()))
     summary = finetune.main(cfg)
     records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if r["split"] == "train" and r["step"] > args.warmup]
-    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
-    seconds = sum(r["step_time_s"] for r in timed)
-    losses = summary["train_losses"]
-    return {"tokens": tokens, "seconds": seconds, "final_loss": losses[max(losses)]}
+    losses = [summary["train_losses"][step] for step in sorted(summary["train_losses"])]
+    return {
+        "tokens": sum(r["tokens_per_s"] * r["step_time_s"] for r in timed),
+        "seconds": sum(r["step_time_s"] for r in timed),
+        "losses": losses,
+    }
 
 
 # --- TRL -------------------------------------------------------------------------------------------------------------
@@ -86,18 +119,12 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa")
-    rows = load_rows(args.data, args.rows)
     # The conversational prompt-completion format: TRL applies the chat template and trains on the completion only,
-    # which is exactly what automodel's SQuAD formatting does with a chat template.
-    dataset = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": f"Context: {r['context']}\nQuestion: {r['question']}"}],
-                "completion": [{"role": "assistant", "content": r["answer"]}],
-            }
-            for r in rows
-        ]
-    )
+    # as automodel's column-mapped instruction data does with a chat template.
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
+        for p, a in load_pairs(args.data, args.rows)
+    ])
     peft_config = None
     if lora:
         from peft import LoraConfig
@@ -119,8 +146,9 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
         bf16=True,
         use_cpu=True,
         max_length=args.max_length,
-        packing=False,
+        packing=args.packing == "on",
         completion_only_loss=True,
+        train_sampling_strategy="sequential",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -159,7 +187,8 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
 
     def counting_collator(features):  # non-padding tokens of each batch, as automodel counts them
         batch = collate(features)
-        counts.append(int(batch["attention_mask"].sum()))
+        mask = batch.get("attention_mask")
+        counts.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
         return batch
 
     trainer.data_collator = counting_collator
@@ -168,7 +197,7 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
     return {
         "tokens": float(sum(counts[i] for i in steps)),
         "seconds": sum(timer.ends[i] - timer.starts[i] for i in steps),
-        "final_loss": timer.losses[-1] if timer.losses else float("nan"),
+        "losses": timer.losses,
     }
 
 
@@ -177,23 +206,65 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    kind, method = args.child.split("-")
-    result = (run_ours if kind == "ours" else run_trl)(args, lora=method == "lora")
+    kind, method, *extra = args.child.split("-")
+    if kind == "ours":
+        result = run_ours(args, lora=method == "lora", compile_model="compile" in extra)
+    else:
+        result = run_trl(args, lora=method == "lora")
     result["peak_rss_gib"] = peak_rss_gib()
     Path(args.out).write_text(json.dumps(result))
 
 
+def run_all(args: argparse.Namespace, runs: list[str], packing: str) -> dict:
+    results = {}
+    for name in runs:
+        out = Path(tempfile.mkstemp(suffix=".json")[1])
+        command = [sys.executable, __file__, "--child", name, "--out", str(out), "--packing", packing]
+        for key in ("model", "data", "rows", "batch", "max_length", "steps", "warmup", "lr", "threads"):
+            command.append(f"--{key.replace('_', '-')}={getattr(args, key)}")
+        print(f"running {name} (packing {packing}) ...", flush=True)
+        started = time.time()
+        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if proc.returncode != 0:
+            sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
+        result = json.loads(out.read_text())
+        result["wall_s"] = time.time() - started
+        result["tokens_per_s"] = result["tokens"] / result["seconds"]
+        result["final_loss"] = sum(result["losses"][-LAST:]) / len(result["losses"][-LAST:])
+        results[name] = result
+    return results
+
+
+def report(results: dict, packing: str) -> list[str]:
+    print(f"\npacking {packing}")
+    print("| run | tokens/s | peak RSS (GiB) | final train loss (mean of last 5 steps) |\n|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} |")
+    lines = []
+    for ours, theirs in (("ours-full", "trl-full"), ("ours-full-compile", "trl-full"), ("ours-lora", "trl-lora"),
+                         ("ours-lora", "ours-full")):
+        if ours in results and theirs in results:
+            a, b = results[ours], results[theirs]
+            lines.append(
+                f"RATIO packing {packing}: {ours}/{theirs} tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
+                f"peak RSS {a['peak_rss_gib'] / b['peak_rss_gib']:.2f}x, "
+                f"final loss {a['final_loss'] / b['final_loss']:.3f}x"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="ours-full,ours-lora,trl-lora", help=f"comma-separated, from {RUNS}")
+    parser.add_argument("--runs", default="ours-full,ours-full-compile,trl-full", help=f"comma-separated, from {RUNS}")
+    parser.add_argument("--packing", default="off,on", help="off, on, or off,on (each run with and without)")
     parser.add_argument("--model", type=Path, default=REPO / "models/SmolLM2-135M-Instruct")
-    parser.add_argument("--data", type=Path, default=REPO / "examples/llm/data/facts_squad/train.jsonl")
-    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--data", type=Path, default=GSM8K if GSM8K.is_file() else SQUAD)
+    parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -207,44 +278,21 @@ def main() -> None:
     if unknown := [r for r in runs if r not in RUNS]:
         sys.exit(f"error: unknown run(s) {unknown}; choose from {RUNS}")
 
-    results = {}
-    for name in runs:
-        out = Path(tempfile.mkstemp(suffix=".json")[1])
-        command = [sys.executable, __file__, "--child", name, "--out", str(out)]
-        command += [
-            f"--{k.replace('_', '-')}={v}"
-            for k, v in vars(args).items()
-            if k not in ("runs", "json", "child", "out") and v is not None
-        ]
-        print(f"running {name} ...", flush=True)
-        started = time.time()
-        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode != 0:
-            sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
-        results[name] = json.loads(out.read_text())
-        results[name]["wall_s"] = time.time() - started
-
-    print()
     print(
-        f"SmolLM2-135M-Instruct, batch {args.batch}, max length {args.max_length}, bf16 autocast, "
-        f"{args.steps} timed steps after {args.warmup}, {args.threads} threads"
+        f"SmolLM2-135M-Instruct on {args.data.name} ({args.rows} rows, in order), batch {args.batch}, max length "
+        f"{args.max_length}, bf16 autocast, AdamW lr {args.lr}, {args.steps} timed steps after {args.warmup}, "
+        f"{args.threads} threads"
     )
-    print("| run | tokens/s | peak RSS (GiB) | final train loss |\n|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['tokens'] / r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} |")
-    speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
-    ratios = []
-    for a, b in (("ours-lora", "ours-full"), ("ours-lora", "trl-lora"), ("ours-full", "trl-full")):
-        if a in speed and b in speed:
-            ratios.append(
-                f"{a}/{b} tokens/s = {speed[a] / speed[b]:.2f}x, "
-                f"peak RSS = {results[a]['peak_rss_gib'] / results[b]['peak_rss_gib']:.2f}x"
-            )
+    everything, ratios = {}, []
+    for packing in [p.strip() for p in args.packing.split(",")]:
+        everything[packing] = run_all(args, runs, packing)
+    for packing, results in everything.items():
+        ratios += report(results, packing)
     print()
     for line in ratios:
-        print("RATIO", line)
+        print(line)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": everything}))
 
 
 if __name__ == "__main__":

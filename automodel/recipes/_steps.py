@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader
 
 from automodel._shared.errors import UserError
 from automodel.components.config import ConfigNode, instantiate, resolve_target
-from automodel.components.datasets import ResumableSampler
+from automodel.components.datasets import PackedSequenceConfig, ResumableSampler, pack_dataset, packed_collater
 from automodel.components.datasets.utils import default_collater
 from automodel.components.distributed import ParallelState, context_parallel_batch, no_sync
+
+logger = logging.getLogger(__name__)
 
 
 def build_dataloader(
@@ -35,13 +37,30 @@ def build_dataloader(
     state: ParallelState,
     seed: int,
     train: bool,
+    packing: PackedSequenceConfig | None = None,
+    flash_attention: bool = False,
 ) -> DataLoader:
-    """A dataloader whose order is a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    """A dataloader whose order is a pure function of (seed, epoch), so a resumed run sees the same batches.
+
+    With packing, samples are first packed into rows (a deterministic function of their lengths and the seed) and
+    batches carry position_ids instead of an attention mask. Without it, `group_by_length: true` in the dataloader
+    section batches samples of similar lengths together (less padding).
+    """
     node = node.copy() if node is not None else ConfigNode({})
     shuffle = bool(node.pop("shuffle", train))
-    collate = resolve_target(node.pop("collate_fn")) if "collate_fn" in node else default_collater
-    if "pad_token_id" in inspect.signature(collate).parameters:
+    group_by_length = bool(node.pop("group_by_length", False))
+    megabatch_mult = int(node.pop("megabatch_mult", 50))
+    if packing is not None and packing.enabled:
+        dataset = pack_dataset(dataset, packing.packed_sequence_size, seed=seed, on_overflow=packing.on_overflow)
+        default_collate: Callable = functools.partial(packed_collater, flash_varlen=flash_attention)
+    else:
+        default_collate = default_collater
+    collate = resolve_target(node.pop("collate_fn")) if "collate_fn" in node else default_collate
+    if "pad_token_id" in inspect.signature(getattr(collate, "func", collate)).parameters:
         collate = functools.partial(collate, pad_token_id=pad_token_id)
+    grouping = group_by_length and not (packing is not None and packing.enabled)
+    if group_by_length and not grouping:
+        logger.warning("dataloader.group_by_length is ignored with packing (packed rows are already full)")
     sampler = ResumableSampler(
         len(dataset),
         shuffle=shuffle,
@@ -49,6 +68,10 @@ def build_dataloader(
         num_replicas=state.dp_size,  # tensor/context-parallel ranks of one replica read the same samples
         rank=state.dp_rank,
         drop_last=train,
+        lengths=getattr(dataset, "lengths", None) if grouping else None,
+        group_by_length=grouping,
+        batch_size=batch_size if grouping else None,
+        megabatch_mult=megabatch_mult,
     )
     # A generator of its own: otherwise every new iterator (each epoch, each validation) draws its worker seed from
     # the global RNG, and a resumed run's dropout masks would drift from the original run's.
@@ -62,6 +85,11 @@ def build_dataloader(
         collate_fn=collate,
         generator=generator,
     )
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    # Non-tensor entries (flash-attention's max_length_q/k ints) stay as they are.
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def forward_loss(
@@ -124,7 +152,7 @@ def evaluate(
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=state.device)  # [loss sum, supervised tokens]
     for batch in loader:
-        batch = {k: v.to(state.device) for k, v in batch.items()}
+        batch = to_device(batch, state.device)
         with context_parallel_batch(state, batch) as local:  # this rank's slice of the sequences under CP
             totals[0] += forward_loss(model, local, loss_fn, 1, autocast).double()  # num_label_tokens=1: the sum
             totals[1] += (local["labels"] != -100).sum()
@@ -143,7 +171,7 @@ def train_step(
     (all micro-batches, all data-parallel ranks), times the data-parallel size because DDP / FSDP2 average gradients
     over ranks: the accumulated gradient then equals that of one big batch, however it is split.
     """
-    batches = [{k: v.to(state.device) for k, v in b.items()} for b in batches]
+    batches = [to_device(b, state.device) for b in batches]
     counts = torch.tensor(
         [sum(int((b["labels"] != -100).sum()) for b in batches), sum(count_tokens(b) for b in batches)],
         dtype=torch.float64,

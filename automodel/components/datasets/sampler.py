@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from automodel.components.datasets._errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 
 class ResumableSampler(Sampler[int]):
@@ -18,6 +22,12 @@ class ResumableSampler(Sampler[int]):
     rank ``r`` takes ``order[r::num_replicas]``. ``set_start(k)`` skips this rank's first ``k`` indices until the
     epoch changes: on resume the recipe calls ``set_epoch(e)`` then ``set_start(batches_consumed *
     local_batch_size)``. The epoch and the start are the only state.
+
+    ``group_by_length`` (needs ``lengths`` and the per-rank ``batch_size``) cuts padding when not packing: the
+    shuffled order is split into megabatches of ``batch_size x num_replicas x megabatch_mult`` samples, each sorted
+    by length (longest first) and cut into global batches of ``batch_size x num_replicas``; the batch order is then
+    shuffled, with the complete batch holding the longest sample first so an out-of-memory shows at the first step.
+    Every rank's batch of a step thus holds similar lengths, and the order is still a pure function of (seed, epoch).
     """
 
     def __init__(
@@ -29,6 +39,10 @@ class ResumableSampler(Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = True,
+        lengths: Sequence[int] | None = None,
+        group_by_length: bool = False,
+        batch_size: int | None = None,
+        megabatch_mult: int = 50,
     ) -> None:
         if not isinstance(num_replicas, int) or num_replicas < 1:
             raise DatasetError(f"num_replicas must be a positive integer, got {num_replicas!r}")
@@ -47,6 +61,10 @@ class ResumableSampler(Sampler[int]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.group_by_length = group_by_length
+        self.batch_size = batch_size
+        self.megabatch_mult = megabatch_mult
+        self.lengths = _check_grouping(dataset_len, lengths, group_by_length, batch_size, megabatch_mult)
         self.epoch = 0
         self.start = 0
         if drop_last:
@@ -70,6 +88,7 @@ class ResumableSampler(Sampler[int]):
         self.start = index
 
     def _rank_order(self) -> list[int]:
+        generator = None
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
@@ -83,10 +102,62 @@ class ResumableSampler(Sampler[int]):
             # Pad by repeating the start of the order (several times if the dataset is tiny).
             repeats = -(-total // len(order))
             order = (order * repeats)[:total]
+        if self.group_by_length:
+            order = self._group_by_length(order, generator)
         return order[self.rank :: self.num_replicas]
+
+    def _group_by_length(self, order: list[int], generator: torch.Generator | None) -> list[int]:
+        assert self.lengths is not None and self.batch_size is not None
+        # rank r reads order[r::num_replicas], so a run of batch_size * num_replicas consecutive indices is exactly
+        # the step's batches on all ranks: sort within megabatches, then move whole global batches around.
+        global_batch = self.batch_size * self.num_replicas
+        megabatch = global_batch * self.megabatch_mult
+        batches: list[list[int]] = []
+        for start in range(0, len(order), megabatch):
+            part = np.asarray(order[start : start + megabatch], dtype=np.int64)
+            part = part[np.argsort(-self.lengths[part], kind="stable")].tolist()
+            batches.extend(part[k : k + global_batch] for k in range(0, len(part), global_batch))
+        # Only the very last batch can be short; it stays last so every other batch is complete on every rank.
+        tail = [batches.pop()] if len(batches[-1]) < global_batch else []
+        if generator is not None and batches:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            longest = max(range(len(batches)), key=lambda b: int(self.lengths[batches[b][0]]))
+            batches.insert(0, batches.pop(longest))
+        return [index for batch in batches + tail for index in batch]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._rank_order()[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+def _check_grouping(
+    dataset_len: int,
+    lengths: Sequence[int] | None,
+    group_by_length: bool,
+    batch_size: int | None,
+    megabatch_mult: int,
+) -> np.ndarray | None:
+    """Validate the length-grouping options; return the lengths as an array (or None when unused)."""
+    if not group_by_length:
+        if lengths is not None:
+            logger.warning("the sampler got sample lengths but group_by_length is false; they are not used")
+        return None
+    if lengths is None:
+        raise DatasetError(
+            "group_by_length needs the sample lengths (the dataset's .lengths); use a dataset that has them or set "
+            "group_by_length: false"
+        )
+    array = np.asarray(lengths, dtype=np.int64)
+    if array.shape != (dataset_len,):
+        raise DatasetError(
+            f"group_by_length got {array.size} sample lengths for a dataset of {dataset_len} samples; they must match"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DatasetError(
+            f"group_by_length needs the per-rank batch_size (a positive integer) to form batches, got {batch_size!r}"
+        )
+    if isinstance(megabatch_mult, bool) or not isinstance(megabatch_mult, int) or megabatch_mult < 1:
+        raise DatasetError(f"megabatch_mult must be a positive integer, got {megabatch_mult!r}")
+    return array

@@ -36,6 +36,7 @@ from automodel.components.config import (
     parse_cli_args,
     validate_config,
 )
+from automodel.components.datasets import PackedSequenceConfig
 from automodel.components.datasets.preview import render_sample
 from automodel.components.distributed import (
     CompileConfig,
@@ -72,7 +73,7 @@ logger = logging.getLogger("automodel.recipes.llm.finetune")
 _DATALOADER = Section(
     default_target=DataLoader,
     provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn", "generator"}),
-    ignore=frozenset({"shuffle"}),
+    ignore=frozenset({"shuffle", "group_by_length", "megabatch_mult"}),  # the recipe's own sampler takes these
 )
 SCHEMA: dict[str, Section] = {
     "seed": Section(),
@@ -89,7 +90,7 @@ SCHEMA: dict[str, Section] = {
     "mixed_precision": Section(default_target=MixedPrecisionConfig),
     "loss_fn": Section(default_target=MaskedCrossEntropy),
     "dataset": Section(required=True, provided=frozenset({"tokenizer"})),
-    "packed_sequence": Section(),
+    "packed_sequence": Section(default_target=PackedSequenceConfig),
     "dataloader": _DATALOADER,
     "validation_dataset": Section(provided=frozenset({"tokenizer"})),
     "validation_dataloader": _DATALOADER,
@@ -120,9 +121,6 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
         errors = []
         if "seed" in cfg and not isinstance(cfg.seed, int):
             errors.append(f"seed: expected an integer, got {cfg.seed!r}")
-        size = cfg.get("packed_sequence.packed_sequence_size", 0)
-        if size not in (0, None):
-            errors.append("packed_sequence.packed_sequence_size: packing is not available in this version; set it to 0")
         model = cfg.get("model")
         if isinstance(model, ConfigNode) and "_target_" not in model:
             errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForCausalLM.from_pretrained")
@@ -185,6 +183,8 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
 
     # --- data --------------------------------------------------------------------------------------------------
     local_batch_size = cfg.step_scheduler.local_batch_size
+    packing = instantiate(cfg.get("packed_sequence"), default_target=PackedSequenceConfig)
+    flash = "flash" in str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     dataset = instantiate(cfg.dataset, tokenizer=tokenizer)
     train_loader = build_dataloader(
         cfg.get("dataloader"),
@@ -194,6 +194,8 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         state=state,
         seed=seed,
         train=True,
+        packing=packing,
+        flash_attention=flash,
     )
     val_loader = None
     if "validation_dataset" in cfg:
@@ -206,6 +208,8 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
             state=state,
             seed=seed,
             train=False,
+            packing=packing,
+            flash_attention=flash,
         )
 
     # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------

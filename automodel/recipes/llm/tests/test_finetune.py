@@ -476,3 +476,40 @@ def test_speed_options_learn_the_same_thing(tiny_model_dir: Path, tmp_path: Path
     summary = finetune.main(cfg)
     losses = {step: round(loss, 4) for step, loss in summary["train_losses"].items()}
     assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
+
+
+def test_packing_gives_the_same_validation_loss_and_trains(tiny_model_dir: Path, tmp_path: Path):
+    """Packed rows (block-diagonal attention from position_ids, loss over supervised tokens only) must score the
+    validation set exactly as unpacked batches do; a leak across documents or a wrong token count would not."""
+    cfg_path = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "ckpt")
+    plain = finetune.main(load_config(cfg_path, ["--step_scheduler.max_steps", "2", "--checkpoint.enabled", "false"]))
+    packed = finetune.main(
+        load_config(
+            cfg_path,
+            [
+                "--step_scheduler.max_steps",
+                "2",
+                "--checkpoint.enabled",
+                "false",
+                "--packed_sequence.packed_sequence_size",
+                "256",
+            ],
+        )
+    )
+    assert packed["val_loss_before"] == pytest.approx(plain["val_loss_before"], abs=1e-5)
+    assert packed["val_loss_after"] < packed["val_loss_before"]
+    grouped = finetune.main(
+        load_config(
+            cfg_path,
+            [
+                "--step_scheduler.max_steps",
+                "2",
+                "--checkpoint.enabled",
+                "false",
+                "--dataloader.group_by_length",
+                "true",
+            ],
+        )
+    )
+    assert grouped["val_loss_before"] == pytest.approx(plain["val_loss_before"], abs=1e-6)
+    assert len(grouped["train_losses"]) == 2
