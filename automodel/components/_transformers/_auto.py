@@ -397,7 +397,7 @@ class NeMoAutoTokenizer:
         from transformers import AutoTokenizer
 
         name = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
-        path = resolve_model_path(name, gguf_file)
+        path = resolve_model_path(name, gguf_file, require_config=False)  # a tokenizer-only folder is fine
         from_hub = path == name and not looks_local(name)
         with _load_errors(name, from_hub):
             try:

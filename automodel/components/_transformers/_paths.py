@@ -78,9 +78,12 @@ def hub_error(name: str, error: BaseException) -> ModelLoadError:
     )
 
 
-def resolve_model_path(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> str:
+def resolve_model_path(
+    name_or_path: str | os.PathLike, gguf_file: str | None = None, *, require_config: bool = True
+) -> str:
     """What transformers should load for `name_or_path`: a checked local directory, an HF folder converted from a
-    GGUF file (cached), or a hub id unchanged. `gguf_file` is relative to the directory (or repo) it names."""
+    GGUF file (cached), or a hub id unchanged. `gguf_file` is relative to the directory (or repo) it names.
+    `require_config=False` accepts a folder without config.json (a tokenizer-only folder)."""
     # Imported here: the GGUF module imports the conversion machinery, which needs transformers.
     from automodel.components._transformers._gguf import cached_convert_gguf
 
@@ -96,7 +99,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, gguf_file: str | None = 
         raise ModelLoadError(
             f"model path {name!r} is a file; expected a model directory holding config.json (or a .gguf file)"
         )
-    if not (path / "config.json").is_file():
+    if require_config and not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model directory {name!r} has no config.json; expected a Hugging Face model folder "
             "(config.json + *.safetensors), as written by save_pretrained"

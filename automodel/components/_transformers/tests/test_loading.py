@@ -255,3 +255,15 @@ def test_top_level_unknown_attribute():
 
 def test_model_path_is_a_path_object(tiny_model_dir):
     assert isinstance(NeMoAutoModelForCausalLM.from_pretrained(Path(tiny_model_dir)), LlamaForCausalLM)
+
+
+def test_tokenizer_only_folder_loads(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from automodel.components._transformers import NeMoAutoTokenizer
+
+    backend = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "hi": 2}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>").save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    assert NeMoAutoTokenizer.from_pretrained(tmp_path).pad_token_id == 0
