@@ -121,10 +121,12 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa")
     # The conversational prompt-completion format: TRL applies the chat template and trains on the completion only,
     # as automodel's column-mapped instruction data does with a chat template.
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
-        for p, a in load_pairs(args.data, args.rows)
-    ])
+    dataset = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
+            for p, a in load_pairs(args.data, args.rows)
+        ]
+    )
     peft_config = None
     if lora:
         from peft import LoraConfig
@@ -241,8 +243,12 @@ def report(results: dict, packing: str) -> list[str]:
     for name, r in results.items():
         print(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} |")
     lines = []
-    for ours, theirs in (("ours-full", "trl-full"), ("ours-full-compile", "trl-full"), ("ours-lora", "trl-lora"),
-                         ("ours-lora", "ours-full")):
+    for ours, theirs in (
+        ("ours-full", "trl-full"),
+        ("ours-full-compile", "trl-full"),
+        ("ours-lora", "trl-lora"),
+        ("ours-lora", "ours-full"),
+    ):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
             lines.append(
