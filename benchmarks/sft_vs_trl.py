@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = ("ours-full", "ours-full-compile", "ours-lora", "trl-full", "trl-lora")
+# ours-full[-compile][-ac]: -compile = torch.compile of each layer, -ac = activation checkpointing (memory)
+RUNS = ("ours-full", "ours-full-compile", "ours-full-compile-ac", "ours-full-ac", "ours-lora", "trl-full", "trl-lora")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 GSM8K = REPO.parent / "shared/data/gsm8k/train.jsonl"
 SQUAD = REPO / "examples/llm/data/facts_squad/train.jsonl"
@@ -59,7 +60,7 @@ def write_pairs(pairs: list[tuple[str, str]]) -> Path:
 
 
 # --- automodel -----------------------------------------------------------------------------------------------------
-def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool) -> dict:
+def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool, checkpointing: bool) -> dict:
     from automodel.components.config import apply_overrides, load_config
     from automodel.recipes.llm import finetune
 
@@ -93,6 +94,7 @@ def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool) -> dict:
         "lr_scheduler.min_lr": 0.0,
         "loss_fn._target_": "automodel.components.loss.linear_ce.FusedLinearCrossEntropy",
         "compile.enabled": compile_model,
+        "distributed.activation_checkpointing": checkpointing,
     }
     if args.packing == "on":
         overrides["packed_sequence.packed_sequence_size"] = args.max_length
@@ -210,7 +212,7 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     kind, method, *extra = args.child.split("-")
     if kind == "ours":
-        result = run_ours(args, lora=method == "lora", compile_model="compile" in extra)
+        result = run_ours(args, lora=method == "lora", compile_model="compile" in extra, checkpointing="ac" in extra)
     else:
         result = run_trl(args, lora=method == "lora")
     result["peak_rss_gib"] = peak_rss_gib()
@@ -243,12 +245,8 @@ def report(results: dict, packing: str) -> list[str]:
     for name, r in results.items():
         print(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} |")
     lines = []
-    for ours, theirs in (
-        ("ours-full", "trl-full"),
-        ("ours-full-compile", "trl-full"),
-        ("ours-lora", "trl-lora"),
-        ("ours-lora", "ours-full"),
-    ):
+    pairs = [(f"ours-full{v}", "trl-full") for v in ("", "-compile", "-compile-ac", "-ac")]
+    for ours, theirs in pairs + [("ours-lora", "trl-lora"), ("ours-lora", "ours-full")]:
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
             lines.append(
@@ -261,7 +259,9 @@ def report(results: dict, packing: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="ours-full,ours-full-compile,trl-full", help=f"comma-separated, from {RUNS}")
+    parser.add_argument(
+        "--runs", default="ours-full,ours-full-compile,ours-full-compile-ac,trl-full", help=f"comma-separated: {RUNS}"
+    )
     parser.add_argument("--packing", default="off,on", help="off, on, or off,on (each run with and without)")
     parser.add_argument("--model", type=Path, default=REPO / "models/SmolLM2-135M-Instruct")
     parser.add_argument("--data", type=Path, default=GSM8K if GSM8K.is_file() else SQUAD)
