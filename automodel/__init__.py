@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
     "NeMoAutoModelForCausalLM": "automodel.components._transformers",
+    "NeMoAutoModelForImageTextToText": "automodel.components._transformers",
+    "NeMoAutoProcessor": "automodel.components._transformers",
     "NeMoAutoTokenizer": "automodel.components._transformers",
 }
 

@@ -3,6 +3,7 @@
     automodel llm finetune -c CONFIG.yaml [--nproc-per-node N] [--dry-run] [--dotted.key value ...]
     automodel llm validate -c CONFIG.yaml [--dotted.key value ...]
     automodel llm preview  -c CONFIG.yaml [--split train|validation] [--num-samples N] [--no-color]
+    automodel vlm finetune|validate|preview -c CONFIG.yaml ...   # vision-language models, same options
     automodel CONFIG.yaml [--nproc-per-node N] [...]      # newer grammar: the YAML names its recipe (`recipe:`)
     automodel peft merge --adapter DIR --output DIR [--base MODEL]   # fold a LoRA adapter into a full model
     automodel prepare smollm2 [--output DIR]               # the offline default model
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 # domain -> command -> recipe module. Each module exposes `main(cfg)`, `validate(cfg, world_size)` and `SCHEMA`.
 RECIPES: dict[str, dict[str, str]] = {
     "llm": {"finetune": "automodel.recipes.llm.finetune"},
+    "vlm": {"finetune": "automodel.recipes.vlm.finetune"},
 }
 # Names a YAML's `recipe:` key may use (ours, and the reference system's class names).
 RECIPE_ALIASES: dict[str, tuple[str, str]] = {
@@ -38,6 +40,10 @@ RECIPE_ALIASES: dict[str, tuple[str, str]] = {
     "TrainFinetuneRecipeForNextTokenPrediction": ("llm", "finetune"),
     "nemo_automodel.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction": ("llm", "finetune"),
     "nemo_automodel.recipes.llm.finetune.FinetuneRecipeForNextTokenPrediction": ("llm", "finetune"),
+    "vlm_finetune": ("vlm", "finetune"),
+    "automodel.recipes.vlm.finetune": ("vlm", "finetune"),
+    "FinetuneRecipeForVLM": ("vlm", "finetune"),
+    "nemo_automodel.recipes.vlm.finetune.FinetuneRecipeForVLM": ("vlm", "finetune"),
 }
 
 
@@ -71,23 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         epilog="Any other --dotted.key value overrides the YAML, e.g. --step_scheduler.max_steps 20 --optimizer.lr=3e-5",
     )
-    domains = parser.add_subparsers(dest="domain", metavar="{llm,peft,prepare}", required=True)
-    llm = domains.add_parser("llm", help="causal language models", allow_abbrev=False)
-    commands = llm.add_subparsers(dest="command", required=True)
-    finetune = commands.add_parser(
-        "finetune", help="SFT fine-tuning (or pretraining from a model config)", allow_abbrev=False
-    )
-    _add_common(finetune)
-    _add_launch(finetune)
-    validate = commands.add_parser("validate", help="check a config without running it", allow_abbrev=False)
-    _add_common(validate)
-    preview = commands.add_parser(
-        "preview", help="show dataset samples with the tokens that carry loss highlighted", allow_abbrev=False
-    )
-    _add_common(preview)
-    preview.add_argument("--split", choices=["train", "validation"], default="train")
-    preview.add_argument("--num-samples", "-n", type=int, default=2)
-    preview.add_argument("--no-color", action="store_true", help="mark supervised tokens with [[ ]] instead of color")
+    domains = parser.add_subparsers(dest="domain", metavar="{llm,vlm,peft,prepare}", required=True)
+    for domain, help_text, finetune_help in (
+        ("llm", "causal language models", "SFT fine-tuning (or pretraining from a model config)"),
+        ("vlm", "vision-language (image-text-to-text) models", "SFT or LoRA fine-tuning on images and text"),
+    ):
+        commands = domains.add_parser(domain, help=help_text, allow_abbrev=False).add_subparsers(
+            dest="command", required=True
+        )
+        finetune = commands.add_parser("finetune", help=finetune_help, allow_abbrev=False)
+        _add_common(finetune)
+        _add_launch(finetune)
+        validate = commands.add_parser("validate", help="check a config without running it", allow_abbrev=False)
+        _add_common(validate)
+        preview = commands.add_parser(
+            "preview", help="show dataset samples with the tokens that carry loss highlighted", allow_abbrev=False
+        )
+        _add_common(preview)
+        preview.add_argument("--split", choices=["train", "validation"], default="train")
+        preview.add_argument("--num-samples", "-n", type=int, default=2)
+        preview.add_argument(
+            "--no-color", action="store_true", help="mark supervised tokens with [[ ]] instead of color"
+        )
 
     peft = domains.add_parser("peft", help="LoRA adapters", allow_abbrev=False)
     peft_commands = peft.add_subparsers(dest="command", required=True)

@@ -106,7 +106,7 @@ def test_newer_grammar_with_recipe_key(capsys, cfg):
             ["--step_scheduler.global_batch_size", "5"],
             r"global_batch_size\(5\) must be a multiple of local_batch_size\(2\)",
         ),
-        (["--packed_sequence.packed_sequence_size", "512"], "packing is not available"),
+        (["--packed_sequence.split_across_pack", "true"], "split_across_pack: true is not supported"),
     ],
 )
 def test_config_mistakes_are_reported_before_anything_runs(capsys, cfg, overrides, match):

@@ -106,10 +106,31 @@ def _check_section(
     keys = [k for k in node if k != TARGET_KEY and k not in ignore]
     signature = _signature(target) if target is not None else None
     if target is not None and signature is not None:
+        before = len(errors)
         _bind_keys(node, keys, target, signature, provided | ignore, path, errors)
+        if len(errors) == before:
+            _check_dataclass_values(node, keys, target, provided, errors)
     for key in node:
         if key != TARGET_KEY:
             _scan(node[key], child_path(path, key), key, policy, errors)
+
+
+def _check_dataclass_values(
+    node: Mapping[str, Any], keys: list[str], target: Callable[..., Any], provided: frozenset[str], errors: list[str]
+) -> None:
+    """Build a plain config dataclass (no runtime arguments, no nested targets) so its own value checks run now,
+    before anything heavy: e.g. `checkpoint.keep_last_n: 0` or `packed_sequence.split_across_pack: true`."""
+    if not (isinstance(target, type) and dataclasses.is_dataclass(target)) or provided:
+        return
+    raw = node.to_dict() if hasattr(node, "to_dict") else dict(node)
+    if any(isinstance(value, Mapping) and TARGET_KEY in value for value in raw.values()):
+        return
+    try:
+        target(**{key: raw[key] for key in keys})
+    except UserError as exc:  # the dataclass names the key in its message
+        errors.append(str(exc))
+    except Exception:  # anything else is the target's business at build time, not a config problem
+        pass
 
 
 def _bind_keys(

@@ -10,12 +10,11 @@ one row, so ``packed_collater(..., flash_varlen=True)`` passes the ``cu_seq_lens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import bisect
 import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

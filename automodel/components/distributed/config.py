@@ -69,6 +69,7 @@ class DistributedConfig:
     reshard_after_forward: bool = True
     param_dtype: str | None = None
     reduce_dtype: str | None = None
+    find_unused_parameters: bool = False  # DDP: for models with trainable parameters a forward may not use
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

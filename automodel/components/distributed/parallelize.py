@@ -100,7 +100,10 @@ def parallelize_model(
     if distributed and config.strategy == "ddp":
         device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
         logger.info("DistributedDataParallel over %d processes", dist_info.world_size)
-        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        # find_unused_parameters: some models never use a trainable parameter (e.g. LLaVA's last CLIP norm)
+        wrapped = DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=config.find_unused_parameters
+        )
     elif distributed and config.strategy == "megatron_fsdp":
         param_dtype, reduce_dtype = config.mixed_precision_dtypes(dist_info.device)
         wrapped = apply_megatron_fsdp(
@@ -147,6 +150,7 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
         "transformer.h",
         "gpt_neox.layers",
         "model.language_model.layers",
+        "model.text_model.layers",  # Idefics3 / SmolVLM
     ):
         module: nn.Module | None = model
         for name in path.split("."):

@@ -239,3 +239,23 @@ def test_tensor_annotations_refuse_yaml_scalars():
         validate_config(cfg, {"optimizer": Section(provided=frozenset({"params"}))})
     cfg.optimizer.lr = 1e-3
     validate_config(cfg, {"optimizer": Section(provided=frozenset({"params"}))})
+
+
+def test_config_dataclasses_run_their_own_checks_during_validation():
+    from dataclasses import dataclass
+
+    from automodel._shared.errors import UserError
+
+    @dataclass
+    class Retention:
+        keep_last_n: int | None = None
+
+        def __post_init__(self) -> None:
+            if self.keep_last_n is not None and self.keep_last_n < 1:
+                raise UserError(f"retention.keep_last_n must be >= 1, got {self.keep_last_n}")
+
+    cfg = load_yaml_text("retention:\n  keep_last_n: 0\n")
+    with pytest.raises(ConfigValidationError) as info:
+        validate_config(cfg, {"retention": Section(default_target=Retention)})
+    assert info.value.errors == ["retention.keep_last_n must be >= 1, got 0"]
+    validate_config(load_yaml_text("retention:\n  keep_last_n: 2\n"), {"retention": Section(default_target=Retention)})

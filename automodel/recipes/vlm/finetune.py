@@ -1,0 +1,465 @@
+"""Fine-tune a Hugging Face vision-language model (image-text-to-text, SFT or LoRA) from one YAML file.
+
+    automodel vlm finetune -c examples/vlm/smolvlm_demo_shapes.yaml [--step_scheduler.max_steps 20 ...]
+    python automodel/recipes/vlm/finetune.py -c CONFIG [--dotted.key value ...]
+    torchrun --nproc-per-node 2 automodel/recipes/vlm/finetune.py -c CONFIG
+
+The same shape as the LLM recipe: validate -> distributed and seed -> build (model, processor, freezing / LoRA,
+data, loss, optimizer, schedule, checkpoint, loggers) -> resume -> loop -> final save. What differs: a processor
+(tokenizer + image processor + chat template) instead of a tokenizer, a collate function that runs it, the
+`freeze_config` section, LoRA on the language model only by default, and checkpoints that carry the processor.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from automodel._shared.errors import UserError, exit_on_user_error
+from automodel.components._peft import PeftConfig, apply_peft, write_adapter_dir
+from automodel.components._transformers import (
+    FreezeConfig,
+    NeMoAutoProcessor,
+    apply_freeze_config,
+    check_processor_matches_model,
+    non_language_modules,
+    resolve_model_path,
+)
+from automodel.components.checkpoint import CheckpointConfig, Checkpointer
+from automodel.components.config import (
+    ConfigError,
+    ConfigNode,
+    Section,
+    apply_overrides,
+    instantiate,
+    load_config,
+    parse_cli_args,
+    resolve_target,
+    validate_config,
+)
+from automodel.components.datasets.vlm import collate_fn_for, render_vlm_batch
+from automodel.components.distributed import (
+    CompileConfig,
+    DistEnvConfig,
+    DistributedConfig,
+    build_parallel_state,
+    clip_grad_norm_,
+    destroy_distributed,
+    initialize_distributed,
+    parallelize_model,
+    shard_optimizer,
+)
+from automodel.components.loggers import LoggingConfig, WandbLogger, build_loggers
+from automodel.components.loss.masked_ce import MaskedCrossEntropy
+from automodel.components.optim import build_lr_scheduler
+from automodel.components.training import (
+    ClipGradNormConfig,
+    MixedPrecisionConfig,
+    ShutdownSignal,
+    StatefulRNG,
+    StepScheduler,
+    default_peak_flops,
+    flops_per_token,
+    mfu,
+    peak_memory_gib,
+)
+from automodel.recipes._steps import build_dataloader, evaluate, model_identity, setup_logging, train_step
+
+logger = logging.getLogger("automodel.recipes.vlm.finetune")
+
+# Every section a config may have; validate_config binds each to its callable's signature before anything loads.
+# The dataloaders' collate_fn is checked separately (`_collate_errors`): the recipe passes it the processor.
+_DATALOADER = Section(
+    default_target=DataLoader,
+    provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn", "generator"}),
+    ignore=frozenset({"shuffle", "group_by_length", "megabatch_mult"}),  # the recipe's own sampler takes these
+)
+SCHEMA: dict[str, Section] = {
+    "seed": Section(),
+    "step_scheduler": Section(
+        default_target=StepScheduler, provided=frozenset({"dp_size", "dataloader"}), required=True
+    ),
+    "dist_env": Section(default_target=DistEnvConfig),
+    "rng": Section(default_target=StatefulRNG, provided=frozenset({"rank"})),
+    "model": Section(required=True),
+    "processor": Section(default_target=NeMoAutoProcessor.from_pretrained),
+    "freeze_config": Section(default_target=FreezeConfig),
+    "peft": Section(default_target=PeftConfig),
+    "distributed": Section(default_target=DistributedConfig),
+    "compile": Section(default_target=CompileConfig),
+    "mixed_precision": Section(default_target=MixedPrecisionConfig),
+    "loss_fn": Section(default_target=MaskedCrossEntropy),
+    "dataset": Section(required=True),
+    "dataloader": _DATALOADER,
+    "validation_dataset": Section(),
+    "validation_dataloader": _DATALOADER,
+    "optimizer": Section(default_target=torch.optim.AdamW, provided=frozenset({"params"})),
+    "lr_scheduler": Section(default_target=build_lr_scheduler, provided=frozenset({"optimizer", "total_steps"})),
+    "clip_grad_norm": Section(default_target=ClipGradNormConfig),
+    "checkpoint": Section(default_target=CheckpointConfig),
+    "logging": Section(default_target=LoggingConfig),
+    "wandb": Section(default_target=WandbLogger, provided=frozenset({"rank", "config"})),
+}
+# What the recipe passes a collate function itself.
+_COLLATE_PROVIDED = ("examples", "processor")
+_DEFAULT_COLLATE_NAME = "automodel.components.datasets.vlm.collate_fns.default_collate_fn"
+
+
+def _collate_target(value: Any, key: str) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+    """A dataloader's `collate_fn`: a dotted name, or a mapping with `_target_` and options (reference style)."""
+    if isinstance(value, Mapping):
+        options = {k: v for k, v in value.items() if k != "_target_"}
+        return (resolve_target(value["_target_"], key=f"{key}._target_") if "_target_" in value else None), options
+    return resolve_target(value, key=key), {}
+
+
+def _collate_errors(cfg: ConfigNode) -> list[str]:
+    errors = []
+    for section in ("dataloader", "validation_dataloader"):
+        key = f"{section}.collate_fn"
+        if cfg.get(key) is None:
+            continue
+        try:
+            target, options = _collate_target(cfg.get(key), key)
+        except ConfigError as error:
+            errors.append(str(error))
+            continue
+        if target is None:
+            errors.append(f"{key}: a mapping needs a _target_ (e.g. {_DEFAULT_COLLATE_NAME})")
+            continue
+        params = inspect.signature(target).parameters
+        missing = [name for name in _COLLATE_PROVIDED if name not in params]
+        if missing:
+            errors.append(f"{key}: {target.__name__} must accept {', '.join(missing)} (the recipe passes them)")
+        unknown = [k for k in options if k not in params and k not in _COLLATE_PROVIDED]
+        if unknown:
+            accepted = ", ".join(p for p in params if p not in _COLLATE_PROVIDED)
+            errors.append(f"{key}: unknown option(s) {unknown}; accepted: {accepted}")
+    return errors
+
+
+def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
+    """Cross-section rules that signatures alone cannot express."""
+
+    def batch_sizes(cfg: ConfigNode) -> list[str]:
+        gbs, lbs = cfg.get("step_scheduler.global_batch_size"), cfg.get("step_scheduler.local_batch_size")
+        model_parallel = (cfg.get("distributed.tp_size", 1) or 1) * (cfg.get("distributed.cp_size", 1) or 1)
+        dp = max(1, world_size // model_parallel) if isinstance(model_parallel, int) else world_size
+        if isinstance(gbs, int) and isinstance(lbs, int) and lbs > 0 and gbs % (lbs * dp):
+            return [
+                f"step_scheduler.global_batch_size({gbs}) must be a multiple of local_batch_size({lbs}) x "
+                f"data-parallel size({dp}) = {lbs * dp}"
+            ]
+        return []
+
+    def sections(cfg: ConfigNode) -> list[str]:
+        errors = []
+        if "seed" in cfg and not isinstance(cfg.seed, int):
+            errors.append(f"seed: expected an integer, got {cfg.seed!r}")
+        model = cfg.get("model")
+        if isinstance(model, ConfigNode) and "_target_" not in model:
+            errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForImageTextToText.from_pretrained")
+        if isinstance(model, ConfigNode) and "processor" not in cfg and "pretrained_model_name_or_path" not in model:
+            errors.append(
+                "processor: a model built from a config needs a processor section (pretrained_model_name_or_path)"
+            )
+        for key in ("tp_size", "cp_size"):
+            if (cfg.get(f"distributed.{key}", 1) or 1) > 1:
+                errors.append(f"distributed.{key}: the VLM recipe supports data parallelism only (ddp, fsdp2); set 1")
+        return errors
+
+    return [batch_sizes, sections]
+
+
+def validate(cfg: ConfigNode, world_size: int = 1) -> None:
+    """Check the whole config (keys, targets, types, batch sizes) before any data or weights are touched."""
+    cfg = cfg.copy()
+    cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
+    # The collate_fns are checked against what the recipe passes them (the processor), not bound as sections.
+    problems = _collate_errors(cfg)
+    for section in ("dataloader", "validation_dataloader"):
+        if isinstance(cfg.get(section), ConfigNode):
+            cfg[section].pop("collate_fn", None)
+    packing = cfg.pop("packed_sequence", None)
+    if isinstance(packing, ConfigNode) and packing.get("packed_sequence_size", 0):
+        problems.append("packed_sequence: packing is not available for vision-language models; remove the section")
+    validate_config(cfg, SCHEMA, checks=[*_checks(world_size), lambda _: problems])
+
+
+def _with_collate(cfg: ConfigNode, section: str, processor: Any) -> ConfigNode:
+    """The dataloader section with its collate_fn bound to the processor (the family's default when unset)."""
+    node = cfg[section].copy() if cfg.get(section) is not None else ConfigNode({})
+    if node.get("collate_fn") is None:
+        collate, options = collate_fn_for(processor), {}
+    else:
+        collate, options = _collate_target(node["collate_fn"], f"{section}.collate_fn")
+    node["collate_fn"] = functools.partial(collate, processor=processor, **options)
+    return node
+
+
+def _load_processor(cfg: ConfigNode, model_source: str | None) -> Any:
+    return instantiate(
+        cfg.get("processor"),
+        default_target=NeMoAutoProcessor.from_pretrained,
+        **({} if "processor" in cfg else {"pretrained_model_name_or_path": model_source}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------------------------
+def main(cfg: ConfigNode) -> dict[str, Any]:
+    """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses, and
+    the trained model)."""
+    # --- validation, distributed, logging, seed ----------------------------------------------------------------
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
+    dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
+    setup_logging(dist_info.rank)
+    distributed = instantiate(cfg.get("distributed"), default_target=DistributedConfig)
+    distributed.validate(dist_info.world_size, dist_info.device)
+    state = build_parallel_state(distributed, dist_info)
+    rng_node = cfg.get("rng") or ConfigNode({"seed": cfg.get("seed", 42)})
+    rng = instantiate(rng_node, default_target=StatefulRNG, rank=dist_info.rank)
+    seed = rng_node.get("seed", 42)
+
+    # --- model, processor, what trains -------------------------------------------------------------------------
+    precision = instantiate(cfg.get("mixed_precision"), default_target=MixedPrecisionConfig)
+    model_source = cfg.model.get("pretrained_model_name_or_path")
+    if model_source is not None:
+        model_source = resolve_model_path(model_source)
+    model = instantiate(cfg.model)
+    processor = _load_processor(cfg, model_source)
+    check_processor_matches_model(processor, model)  # another family's processor fails here, not mid-training
+    peft_config = None
+    if "peft" in cfg:  # LoRA / DoRA: freeze the base, patch the target linears (before sharding and the optimizer)
+        peft_config = instantiate(cfg.peft, default_target=PeftConfig)
+        if "exclude_modules" not in cfg.peft:  # the language model only, unless the config says otherwise
+            peft_config.exclude_modules = [f"{name}.*" for name in non_language_modules(model)]
+        if "freeze_config" in cfg:
+            logger.warning("freeze_config is ignored with peft: LoRA freezes every base weight already")
+        peft_config, _ = apply_peft(model, peft_config)
+    elif "freeze_config" in cfg:
+        apply_freeze_config(model, instantiate(cfg.freeze_config, default_target=FreezeConfig))
+    precision.check(model, dist_info.device)
+    if dist_info.world_size == 1 or distributed.strategy == "ddp":  # FSDP2 wants one dtype per parameter group
+        precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
+    model.train()
+    autocast = precision.autocast(dist_info.device)
+    identity = model_identity(model, model_source)
+
+    # --- data --------------------------------------------------------------------------------------------------
+    local_batch_size = cfg.step_scheduler.local_batch_size
+    pad_token_id = processor.tokenizer.pad_token_id
+    dataset = instantiate(cfg.dataset)
+    train_loader = build_dataloader(
+        _with_collate(cfg, "dataloader", processor),
+        dataset,
+        batch_size=local_batch_size,
+        pad_token_id=pad_token_id,
+        state=state,
+        seed=seed,
+        train=True,
+    )
+    val_loader = None
+    if "validation_dataset" in cfg:
+        val_loader = build_dataloader(
+            _with_collate(cfg, "validation_dataloader", processor),
+            instantiate(cfg.validation_dataset),
+            batch_size=local_batch_size,
+            pad_token_id=pad_token_id,
+            state=state,
+            seed=seed,
+            train=False,
+        )
+
+    # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------
+    # Activation checkpointing -> compile -> FSDP2 | DDP, then the optimizer over the (sharded) parameters.
+    compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
+    train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
+    loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
+    step_scheduler = instantiate(
+        cfg.step_scheduler, default_target=StepScheduler, dp_size=state.dp_size, dataloader=train_loader
+    )
+    named_trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named_trainable]
+    optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=named_trainable)
+    optimizer = shard_optimizer(optimizer, distributed)
+    lr_scheduler = instantiate(
+        cfg.get("lr_scheduler"),
+        default_target=build_lr_scheduler,
+        optimizer=optimizer,
+        total_steps=step_scheduler.total_steps,
+    )
+    max_norm = instantiate(cfg.get("clip_grad_norm"), default_target=ClipGradNormConfig).max_norm
+
+    # --- checkpointing and logging -------------------------------------------------------------------------------
+    checkpointer = Checkpointer(
+        instantiate(cfg.get("checkpoint"), default_target=CheckpointConfig),
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    log_cfg = instantiate(cfg.get("logging"), default_target=LoggingConfig)
+    log_dir = log_cfg.resolve_log_dir(checkpointer.config.checkpoint_dir if checkpointer.config.enabled else None)
+    metric_loggers = build_loggers(
+        step_scheduler.total_steps,
+        rank=dist_info.rank,
+        jsonl_path=f"{log_dir}/metrics.jsonl",
+        wandb=cfg.wandb.to_dict() if "wandb" in cfg else None,
+        wandb_config=cfg.to_dict(raw=True),
+        progress_bar=log_cfg.progress_bar,
+        log_every_steps=log_cfg.log_every_steps,
+    )
+    peak_flops = log_cfg.peak_flops or default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
+
+    # --- resume ------------------------------------------------------------------------------------------------
+    resume_from = checkpointer.find_resume_checkpoint()
+    if resume_from is not None:
+        checkpointer.check_identity(resume_from, identity)
+        restored = checkpointer.load(
+            resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=dist_info.rank
+        )
+        step_scheduler.load_state_dict(restored["train_state"]["step_scheduler"])
+        if restored["rng_state"] is not None:
+            rng.load_state_dict(restored["rng_state"])
+        saved_dp_size = restored["train_state"].get("dp_size", state.dp_size)
+        if saved_dp_size != state.dp_size:
+            logger.warning(
+                "Resuming with %d data-parallel ranks, saved with %d: weights and optimizer state were resharded, "
+                "but from here on the data order differs from the original run's",
+                state.dp_size,
+                saved_dp_size,
+            )
+        metric_loggers.resume(step_scheduler.step)
+        logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)
+
+    def save_checkpoint() -> None:
+        path = checkpointer.save(
+            step_scheduler.epoch,
+            step_scheduler.step,
+            model=model,
+            tokenizer=processor,  # written with save_pretrained next to the weights: AutoProcessor loads model/
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            train_state={"step_scheduler": step_scheduler.state_dict(), "dp_size": state.dp_size},
+            rng_state=rng.state_dict(),
+            config_yaml=cfg.to_yaml(),
+            model_identity=identity,
+            model_writer=None if peft_config is None else write_adapter,
+        )
+        summary["checkpoint"] = str(path)
+
+    def write_adapter(directory: Path) -> None:  # a PEFT run's model/ is the HF PEFT adapter, not the full model
+        write_adapter_dir(
+            model,
+            directory,
+            peft_config,
+            base_model_name_or_path=model_source,
+            rank=dist_info.rank,
+            tokenizer=processor,
+        )
+
+    def validate_now() -> float | None:
+        if val_loader is None:
+            return None
+        metrics = evaluate(train_model, val_loader, loss_fn, autocast, state)
+        metric_loggers.log(metrics, step_scheduler.step, prefix="val")
+        return metrics["loss"]
+
+    # --- training loop -----------------------------------------------------------------------------------------
+    summary: dict[str, Any] = {"train_losses": {}, "checkpoint": None}
+    summary["val_loss_before"] = validate_now() if step_scheduler.step == 0 else None
+    val_loss = summary["val_loss_before"]
+    with ShutdownSignal() as shutdown:
+        for batches in step_scheduler:
+            start = time.perf_counter()
+            stats = train_step(train_model, batches, loss_fn, autocast, state)
+            grad_norm = clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))  # DTensor-aware
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - start
+            tokens_per_s = stats["num_tokens"] / elapsed
+            metrics = {
+                "loss": stats["loss"],
+                "grad_norm": grad_norm,
+                "lr": optimizer.param_groups[0]["lr"],
+                "tokens_per_s": tokens_per_s,
+                "peak_memory_gib": peak_memory_gib(dist_info.device),
+                "num_label_tokens": stats["num_label_tokens"],
+                "step_time_s": elapsed,
+                "epoch": step_scheduler.epoch,
+            }
+            if peak_flops:  # MFU of the language model per device (the vision tower's FLOPs are not counted)
+                per_device = tokens_per_s / dist_info.world_size
+                metrics["mfu"] = mfu(per_device, flops_per_token(model.config, stats["seq_len"]), peak_flops)
+            metric_loggers.log(metrics, step_scheduler.step)
+            summary["train_losses"][step_scheduler.step] = stats["loss"]
+            stop = shutdown.any_rank_requested()
+            if step_scheduler.is_val_step and not step_scheduler.is_last_step:
+                val_loss = validate_now()
+            if checkpointer.config.enabled and (step_scheduler.is_ckpt_step or step_scheduler.is_last_step or stop):
+                save_checkpoint()
+            if stop:
+                logger.warning("Stopping after step %d because a shutdown signal arrived", step_scheduler.step)
+                break
+        else:
+            val_loss = validate_now() if summary["train_losses"] else val_loss
+
+    # --- wrap up -----------------------------------------------------------------------------------------------
+    summary["val_loss_after"] = val_loss
+    summary["model"] = model  # the trained (unwrapped) model, for callers of main() from Python
+    if summary["val_loss_before"] is not None and val_loss is not None:
+        logger.info("Validation loss: %.4f before training -> %.4f after", summary["val_loss_before"], val_loss)
+    if summary["checkpoint"] and peft_config is None:
+        logger.info(
+            "Saved %s/model (load it with transformers.AutoModelForImageTextToText.from_pretrained and "
+            "AutoProcessor.from_pretrained)",
+            summary["checkpoint"],
+        )
+    elif summary["checkpoint"]:
+        logger.info(
+            "Saved the adapter in %s/model (peft.PeftModel.from_pretrained(base, dir) loads it)", summary["checkpoint"]
+        )
+    metric_loggers.close()
+    destroy_distributed()
+    return summary
+
+
+def preview(cfg: ConfigNode, *, split: str = "train", num_samples: int = 2, color: bool = True) -> list[str]:
+    """Render the first samples of the train (or validation) dataset as the model sees them, with the tokens that
+    carry loss highlighted and each image's tokens shown once with a count."""
+    setup_logging(0)
+    section = "dataset" if split == "train" else "validation_dataset"
+    if section not in cfg:
+        raise UserError(f"{section}: the config has no such section to preview")
+    model_source = cfg.model.get("pretrained_model_name_or_path")
+    processor = _load_processor(cfg, resolve_model_path(model_source) if model_source is not None else None)
+    dataset = instantiate(cfg[section])
+    node = _with_collate(cfg, "dataloader" if split == "train" else "validation_dataloader", processor)
+    batch = node["collate_fn"]([dataset[i] for i in range(min(num_samples, len(dataset)))])
+    return render_vlm_batch(batch, processor.tokenizer, color=color)
+
+
+def cli(argv: Iterable[str] | None = None) -> None:
+    """`python automodel/recipes/vlm/finetune.py -c CONFIG [overrides]` (also what torchrun runs on every rank)."""
+
+    def run() -> None:
+        config_path, overrides = parse_cli_args(list(sys.argv[1:] if argv is None else argv))
+        main(apply_overrides(load_config(config_path), overrides))
+
+    exit_on_user_error(run)
+
+
+if __name__ == "__main__":
+    cli()
