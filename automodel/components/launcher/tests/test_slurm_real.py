@@ -97,7 +97,7 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={socket_path}
+AuthInfo=socket={socket_path},cred_expire=10
 StateSaveLocation={self.root}/state
 SlurmdSpoolDir={self.root}/spool
 SlurmctldPidFile={self.root}/slurmctld.pid
@@ -253,8 +253,8 @@ def test_two_ranks_preempted_requeued_and_restarted(slurm, tmp_path, monkeypatch
     wait_for(lambda: all((out / f"ready_0_{r}").exists() for r in (0, 1)), 120, lambda: slurm.job(job_id))
     subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, env=slurm.env)
     slurm.wait(job_id, lambda i: i.get("Restarts") == "1", 60, "requeued")
-    # SLURM holds a requeued job for a while before it is eligible again; make it eligible now.
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, env=slurm.env)
+    # SLURM holds a requeued job until the old run's credential expires (cred_expire=10 here); starting it earlier
+    # (`scontrol update StartTime=now`) makes slurmd refuse it ("Job credential revoked") and the job FAILED.
     info = slurm.wait_done(job_id, timeout=120)
 
     stdout, stderr = (job_dir / f"{job_id}.out").read_text(), (job_dir / f"{job_id}.err").read_text()
