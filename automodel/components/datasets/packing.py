@@ -121,8 +121,9 @@ def pack_dataset(
     """Pack the samples of ``dataset`` into rows of at most ``packed_sequence_size`` tokens, never splitting a sample.
 
     Best-fit decreasing bin packing: samples are taken longest first (ties in a seeded random order) and each goes to
-    the open row with the least room that still fits it. The rows are a pure function of (sample lengths, seed), so
-    a resumed run sees the same rows. A sample longer than a row is cut to its first ``packed_sequence_size`` tokens
+    the open row with the least room that still fits it. Rows then follow the dataset order (ordered by their
+    earliest sample), so an unshuffled run still sees the data roughly in order rather than longest first. The rows
+    are a pure function of (sample lengths, seed), so a resumed run sees the same rows. A sample longer than a row is cut to its first ``packed_sequence_size`` tokens
     (``on_overflow: truncate``; labels are per-token so a cut sample is still a valid one) or left out
     (``drop``); a sample with no supervised token left after the cut is left out too. Logs one line with the counts
     and the packing efficiency (real tokens / row capacity).
@@ -165,6 +166,10 @@ def pack_dataset(
     candidates = candidates[torch.randperm(len(candidates), generator=generator).numpy()]
     candidates = candidates[np.argsort(-keep_lengths[candidates], kind="stable")]
     rows = _best_fit(candidates.tolist(), keep_lengths.tolist(), size)
+    # Best-fit fills rows longest sample first; emitted in that order, an unshuffled run would see the longest
+    # samples first and the shortest last (a length curriculum nobody asked for). Rows follow the dataset order
+    # instead: each row's documents in index order, rows ordered by their first document.
+    rows = sorted((sorted(row) for row in rows), key=lambda row: row[0])
 
     row_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(row) for row in rows], out=row_offsets[1:])

@@ -70,6 +70,17 @@ def test_packing_is_a_pure_function_of_lengths_and_seed():
     assert rows(pack_dataset(make_dataset(lengths), 16, seed=2)) != first  # ties are broken by the seed
 
 
+def test_rows_follow_the_dataset_order_not_the_packing_order():
+    # Best fit places the longest samples first; emitted that way, an unshuffled run would train on the longest
+    # samples first and the shortest last. Rows come in the order of their earliest sample instead.
+    lengths = np.random.default_rng(1).integers(1, 40, size=200).tolist()
+    packed = pack_dataset(make_dataset(lengths), 64)
+    rows = [packed.row_samples(i) for i in range(len(packed))]
+    assert all(row == sorted(row) for row in rows)
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows)
+    assert rows[0][0] == 0
+
+
 def test_a_dataset_without_lengths_is_measured(caplog):
     samples = [{"input_ids": [1] * n, "labels": [2] * n} for n in (3, 4, 5, 6)]
     with caplog.at_level(logging.INFO, logger="automodel.components.datasets.packing"):
