@@ -10,9 +10,12 @@ max length, learning rate (constant), AdamW, bf16 autocast over fp32 weights and
 With packing on, both pack samples into rows of `--max-length` tokens (each with its own algorithm).
 
 Each run is a separate process (so each peak RSS is its own), one after the other, in one invocation. The first
-`--warmup` steps are not timed; tokens/s counts non-padding tokens; "final loss" is the mean training loss of the last
-5 steps. automodel runs use FusedLinearCrossEntropy and fused AdamW (its defaults for speed); TRL runs use TRL's
-defaults for the same settings. Prints a table and the ratio lines; `--json` also writes the raw numbers.
+`--warmup` steps are not timed; tokens/s counts non-padding tokens; "final train loss" is the mean training loss of the
+last 5 steps, and "held-out loss" is the trained model's loss on the answers of the `--eval-rows` pairs that follow
+the training rows, computed by the same function for every run (one sample at a time, fp32, no packing). With packing,
+the two packers put different samples in each step, so only the held-out loss compares what the runs learned; the
+ratio lines use it. automodel runs use FusedLinearCrossEntropy and fused AdamW (its defaults for speed); TRL runs use
+TRL's defaults for the same settings. Prints a table and the ratio lines; `--json` also writes the raw numbers.
 Needs `pip install trl` for the trl-* runs.
 """
 
@@ -102,6 +105,10 @@ def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool, checkpoi
         overrides.update({"peft.target_modules": LORA_TARGETS, "peft.dim": 8, "peft.alpha": 32, "peft.dropout": 0.0})
     apply_overrides(cfg, list(overrides.items()))
     summary = finetune.main(cfg)
+    import torch
+
+    with torch.compiler.set_stance("force_eager"):  # the compiled layers would recompile for every eval length
+        heldout = heldout_loss(summary["model"], args)
     records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if r["split"] == "train" and r["step"] > args.warmup]
     losses = [summary["train_losses"][step] for step in sorted(summary["train_losses"])]
@@ -109,7 +116,38 @@ def run_ours(args: argparse.Namespace, lora: bool, compile_model: bool, checkpoi
         "tokens": sum(r["tokens_per_s"] * r["step_time_s"] for r in timed),
         "seconds": sum(r["step_time_s"] for r in timed),
         "losses": losses,
+        "heldout_loss": heldout,
     }
+
+
+def heldout_loss(model, args: argparse.Namespace) -> float:
+    """Mean loss per answer token on the `--eval-rows` pairs after the training rows: chat template, loss on the
+    assistant turn only (its end-of-turn token included), one sample at a time in fp32."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    pairs = load_pairs(args.data, args.rows + args.eval_rows)[args.rows :]
+    assert pairs, f"no held-out rows after the first {args.rows} of {args.data}"
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for prompt, answer in pairs:
+            user = [{"role": "user", "content": prompt}]
+            head = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+            full = tokenizer.apply_chat_template(
+                [*user, {"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+            )
+            full = full[: args.max_length]
+            assert full[: len(head)] == head, "the chat template must extend the prompt"
+            ids = torch.tensor([full])
+            labels = torch.tensor(full[1:] + [-100])
+            labels[: len(head) - 1] = -100
+            logits = model(input_ids=ids, use_cache=False).logits[0].float()
+            total += float(F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    return total / count
 
 
 # --- TRL -------------------------------------------------------------------------------------------------------------
@@ -197,11 +235,13 @@ def run_trl(args: argparse.Namespace, lora: bool) -> dict:
 
     trainer.data_collator = counting_collator
     trainer.train()
+    heldout = heldout_loss(trainer.model, args)
     steps = range(args.warmup, args.warmup + args.steps)
     return {
         "tokens": float(sum(counts[i] for i in steps)),
         "seconds": sum(timer.ends[i] - timer.starts[i] for i in steps),
         "losses": timer.losses,
+        "heldout_loss": heldout,
     }
 
 
@@ -224,7 +264,7 @@ def run_all(args: argparse.Namespace, runs: list[str], packing: str) -> dict:
     for name in runs:
         out = Path(tempfile.mkstemp(suffix=".json")[1])
         command = [sys.executable, __file__, "--child", name, "--out", str(out), "--packing", packing]
-        for key in ("model", "data", "rows", "batch", "max_length", "steps", "warmup", "lr", "threads"):
+        for key in ("model", "data", "rows", "eval_rows", "batch", "max_length", "steps", "warmup", "lr", "threads"):
             command.append(f"--{key.replace('_', '-')}={getattr(args, key)}")
         print(f"running {name} (packing {packing}) ...", flush=True)
         started = time.time()
@@ -241,9 +281,13 @@ def run_all(args: argparse.Namespace, runs: list[str], packing: str) -> dict:
 
 def report(results: dict, packing: str) -> list[str]:
     print(f"\npacking {packing}")
-    print("| run | tokens/s | peak RSS (GiB) | final train loss (mean of last 5 steps) |\n|---|---|---|---|")
+    print("| run | tokens/s | peak RSS (GiB) | final train loss (mean of last 5 steps) | held-out loss |")
+    print("|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} |")
+        print(
+            f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['final_loss']:.4f} "
+            f"| {r['heldout_loss']:.4f} |"
+        )
     lines = []
     pairs = [(f"ours-full{v}", "trl-full") for v in ("", "-compile", "-compile-ac", "-ac")]
     for ours, theirs in pairs + [("ours-lora", "trl-lora"), ("ours-lora", "ours-full")]:
@@ -252,7 +296,7 @@ def report(results: dict, packing: str) -> list[str]:
             lines.append(
                 f"RATIO packing {packing}: {ours}/{theirs} tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
                 f"peak RSS {a['peak_rss_gib'] / b['peak_rss_gib']:.2f}x, "
-                f"final loss {a['final_loss'] / b['final_loss']:.3f}x"
+                f"held-out loss {a['heldout_loss'] / b['heldout_loss']:.3f}x"
             )
     return lines
 
@@ -266,6 +310,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models/SmolLM2-135M-Instruct")
     parser.add_argument("--data", type=Path, default=GSM8K if GSM8K.is_file() else SQUAD)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--eval-rows", type=int, default=100, help="held-out pairs after the training rows")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
