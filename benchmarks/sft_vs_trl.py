@@ -16,7 +16,7 @@ the training rows, computed by the same function for every run (one sample at a 
 the two packers put different samples in each step, so only the held-out loss compares what the runs learned; the
 ratio lines use it. automodel runs use FusedLinearCrossEntropy and fused AdamW (its defaults for speed); TRL runs use
 TRL's defaults for the same settings. Prints a table and the ratio lines; `--json` also writes the raw numbers.
-Needs `pip install trl` for the trl-* runs.
+Needs `pip install -e ".[bench]"` (TRL 1.16 and peft) for the trl-* runs.
 """
 
 from __future__ import annotations

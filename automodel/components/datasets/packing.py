@@ -123,9 +123,10 @@ def pack_dataset(
     Best-fit decreasing bin packing: samples are taken longest first (ties in a seeded random order) and each goes to
     the open row with the least room that still fits it. Rows then follow the dataset order (ordered by their
     earliest sample), so an unshuffled run still sees the data roughly in order rather than longest first. The rows
-    are a pure function of (sample lengths, seed), so a resumed run sees the same rows. A sample longer than a row is cut to its first ``packed_sequence_size`` tokens
-    (``on_overflow: truncate``; labels are per-token so a cut sample is still a valid one) or left out
-    (``drop``); a sample with no supervised token left after the cut is left out too. Logs one line with the counts
+    are a pure function of (sample lengths, seed), so a resumed run sees the same rows. A sample longer than a row
+    is cut to its first ``packed_sequence_size`` tokens (``on_overflow: truncate``; labels are per-token so a cut
+    sample is still a valid one) or left out (``drop``); a sample with no supervised token left after the cut is
+    left out too. Logs one line with the counts
     and the packing efficiency (real tokens / row capacity).
     """
     if isinstance(packed_sequence_size, bool) or not isinstance(packed_sequence_size, int) or packed_sequence_size < 2:
