@@ -1,5 +1,6 @@
 import builtins
 import sys
+import time
 
 import pytest
 import torch
@@ -31,8 +32,14 @@ def test_offline_run_writes_its_files(offline_env):
     runs = list((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and str(runs[0]) in run_dir
     (record_log,) = runs[0].glob("run-*.wandb")  # the offline log that `wandb sync` uploads
+    # wandb-core (a separate process) writes this log; once in a fresh-clone run, finish() returned before the
+    # history records had reached the file, so wait for them (a missing record still fails after 30 s).
+    wanted = (b"train/loss", b"val/loss", b"automodel-test")
+    deadline = time.monotonic() + 30
+    while not all(key in record_log.read_bytes() for key in wanted) and time.monotonic() < deadline:
+        time.sleep(0.2)
     data = record_log.read_bytes()
-    assert b"train/loss" in data and b"val/loss" in data and b"automodel-test" in data
+    assert all(key in data for key in wanted), [key for key in wanted if key not in data]
 
 
 def test_other_ranks_do_not_start_a_run(offline_env):
