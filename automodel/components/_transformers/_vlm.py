@@ -11,7 +11,7 @@ import copy
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,14 +92,7 @@ class NeMoAutoModelForImageTextToText:
                 **kwargs,
             )
 
-        with _load_errors(name, from_hub):
-            try:
-                model = _with_attn_fallback(load, attn_implementation)
-            except ValueError as error:
-                not_a_vlm = _not_a_vlm(name, error)
-                if not_a_vlm is None:
-                    raise
-                raise not_a_vlm from error
+        model = _load_vlm(load, attn_implementation, name, from_hub)
         _log_loaded(model, path)
         return model
 
@@ -135,16 +128,24 @@ class NeMoAutoModelForImageTextToText:
                 trust_remote_code=trust_remote_code,
             )
 
-        with _load_errors(name, from_hub=False):
-            try:
-                model = _with_attn_fallback(load, attn_implementation)
-            except ValueError as error:
-                not_a_vlm = _not_a_vlm(name, error)
-                if not_a_vlm is None:
-                    raise
-                raise not_a_vlm from error
+        model = _load_vlm(load, attn_implementation, name, from_hub=False)
         _log_loaded(model, f"a {name} config (random init)")
         return model
+
+
+def _load_vlm(
+    load: Callable[[str | None], PreTrainedModel], attn_implementation: str | None, name: str, from_hub: bool
+) -> PreTrainedModel:
+    """`load` with the attention fallback, turning load errors (and "not an image-text-to-text model") into
+    user errors."""
+    with _load_errors(name, from_hub):
+        try:
+            return _with_attn_fallback(load, attn_implementation)
+        except ValueError as error:
+            not_a_vlm = _not_a_vlm(name, error)
+            if not_a_vlm is None:
+                raise
+            raise not_a_vlm from error
 
 
 # --- processors -------------------------------------------------------------------------------------------------
