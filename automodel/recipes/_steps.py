@@ -223,3 +223,38 @@ def model_identity(model: torch.nn.Module, source: str | None) -> dict:
         "vocab_size": getattr(config, "vocab_size", None),
         "name_or_path": source,
     }
+
+
+def resume_latest(
+    checkpointer: Any,
+    identity: Any,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    lr_scheduler: Any,
+    step_scheduler: Any,
+    rng: Any,
+    metric_loggers: Any,
+    dp_size: int,
+    rank: int,
+) -> None:
+    """Continue from the newest complete checkpoint, if there is one: weights, optimizer, LR schedule, data position,
+    RNG streams and the loggers' step."""
+    resume_from = checkpointer.find_resume_checkpoint()
+    if resume_from is None:
+        return
+    checkpointer.check_identity(resume_from, identity)
+    restored = checkpointer.load(resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=rank)
+    step_scheduler.load_state_dict(restored["train_state"]["step_scheduler"])
+    if restored["rng_state"] is not None:
+        rng.load_state_dict(restored["rng_state"])
+    saved_dp_size = restored["train_state"].get("dp_size", dp_size)
+    if saved_dp_size != dp_size:
+        logger.warning(
+            "Resuming with %d data-parallel ranks, saved with %d: weights and optimizer state were resharded, "
+            "but from here on the data order differs from the original run's",
+            dp_size,
+            saved_dp_size,
+        )
+    metric_loggers.resume(step_scheduler.step)
+    logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)

@@ -73,7 +73,14 @@ from automodel.components.training import (
     mfu,
     peak_memory_gib,
 )
-from automodel.recipes._steps import build_dataloader, evaluate, model_identity, setup_logging, train_step
+from automodel.recipes._steps import (
+    build_dataloader,
+    evaluate,
+    model_identity,
+    resume_latest,
+    setup_logging,
+    train_step,
+)
 
 logger = logging.getLogger("automodel.recipes.vlm.finetune")
 
@@ -323,25 +330,18 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     peak_flops = log_cfg.peak_flops or default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
 
     # --- resume ------------------------------------------------------------------------------------------------
-    resume_from = checkpointer.find_resume_checkpoint()
-    if resume_from is not None:
-        checkpointer.check_identity(resume_from, identity)
-        restored = checkpointer.load(
-            resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=dist_info.rank
-        )
-        step_scheduler.load_state_dict(restored["train_state"]["step_scheduler"])
-        if restored["rng_state"] is not None:
-            rng.load_state_dict(restored["rng_state"])
-        saved_dp_size = restored["train_state"].get("dp_size", state.dp_size)
-        if saved_dp_size != state.dp_size:
-            logger.warning(
-                "Resuming with %d data-parallel ranks, saved with %d: weights and optimizer state were resharded, "
-                "but from here on the data order differs from the original run's",
-                state.dp_size,
-                saved_dp_size,
-            )
-        metric_loggers.resume(step_scheduler.step)
-        logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)
+    resume_latest(
+        checkpointer,
+        identity,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        step_scheduler=step_scheduler,
+        rng=rng,
+        metric_loggers=metric_loggers,
+        dp_size=state.dp_size,
+        rank=dist_info.rank,
+    )
 
     def save_checkpoint() -> None:
         path = checkpointer.save(
