@@ -14,16 +14,24 @@ Unknown `--dotted.key value` arguments override the YAML. User mistakes print on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
 from automodel._shared.errors import UserError, exit_on_user_error
-from automodel.components.config import ConfigError, ConfigNode, TargetPolicy, load_config
+from automodel.components.config import (
+    ALLOWED_TARGETS_ENV,
+    TRUST_REMOTE_CODE_ENV,
+    ConfigError,
+    ConfigNode,
+    TargetPolicy,
+    load_config,
+)
 from automodel.components.launcher import build_torchrun_command, run_torchrun
 
 logger = logging.getLogger(__name__)
@@ -47,16 +55,26 @@ RECIPE_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, type=Path, help="the YAML config file")
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    """What only the user (never the YAML) can allow: docs/security.md."""
     parser.add_argument(
         "--allow-target",
         action="append",
         default=[],
-        metavar="PREFIX",
-        help="also allow `_target_`s under this import prefix (repeatable); by default only automodel, torch, "
-        "transformers, datasets, torchdata and peft resolve",
+        metavar="NAME",
+        help="also allow this `_target_` (an exact dotted name, or a module prefix such as `mypkg`; repeatable); "
+        "by default a config may only name the reviewed builders listed in docs/security.md",
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the config set `trust_remote_code: true` (runs the Python files of the model's repository)",
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, type=Path, help="the YAML config file")
+    _add_trust(parser)
 
 
 def _add_launch(parser: argparse.ArgumentParser) -> None:
@@ -118,8 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, extra: Sequence[str]) -> ConfigNode:
-    policy = TargetPolicy(extra_prefixes=tuple(args.allow_target))
+    policy = TargetPolicy(extra_prefixes=tuple(args.allow_target), trust_remote_code=args.trust_remote_code)
     return load_config(args.config, list(extra), policy=policy)
+
+
+@contextlib.contextmanager
+def _user_trust_in_env(args: argparse.Namespace) -> Iterator[None]:
+    """The user's opt-ins (--allow-target, --trust-remote-code) as environment variables while the command runs, so
+    they also reach every place that resolves a target and the processes this one starts (torchrun ranks, SLURM jobs
+    read the config again): through the environment, never through the YAML. Restored afterwards."""
+    saved = {name: os.environ.get(name) for name in (ALLOWED_TARGETS_ENV, TRUST_REMOTE_CODE_ENV)}
+    allow = list(getattr(args, "allow_target", []) or [])
+    if allow:
+        TargetPolicy(extra_prefixes=tuple(allow))  # a malformed name is reported before anything runs
+        previous = [p.strip() for p in (saved[ALLOWED_TARGETS_ENV] or "").split(",") if p.strip()]
+        os.environ[ALLOWED_TARGETS_ENV] = ",".join(dict.fromkeys([*previous, *allow]))
+    if getattr(args, "trust_remote_code", False):
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _recipe_module(domain: str, command: str) -> ModuleType:
@@ -211,9 +252,14 @@ def _config_grammar(argv: list[str]) -> int:
     """`automodel CONFIG.yaml [--nproc-per-node N] [--dry-run] [overrides]`: the YAML's `recipe:` picks the recipe."""
     parser = argparse.ArgumentParser(prog="automodel CONFIG.yaml", allow_abbrev=False)
     parser.add_argument("config", type=Path)
-    parser.add_argument("--allow-target", action="append", default=[], metavar="PREFIX")
+    _add_trust(parser)
     _add_launch(parser)
     args, extra = parser.parse_known_args(argv)
+    with _user_trust_in_env(args):
+        return _run_config_grammar(args, extra)
+
+
+def _run_config_grammar(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = _load(args, extra)
     raw = cfg.get("recipe")
     name = raw.get("_target_") if isinstance(raw, ConfigNode) else raw
@@ -238,7 +284,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _prepare(args) if args.domain == "prepare" else _peft_merge(args)
     handlers = {"finetune": _finetune, "validate": _validate, "preview": _preview}
-    return handlers[args.command](args, extra, args.domain, args.command)
+    with _user_trust_in_env(args):
+        return handlers[args.command](args, extra, args.domain, args.command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

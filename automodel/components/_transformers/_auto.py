@@ -54,8 +54,8 @@ def _load_errors(name: str, from_hub: bool) -> Iterator[None]:
         message = str(error)
         if "trust_remote_code" in message:
             raise ModelLoadError(
-                f"{name!r} contains custom model code; set trust_remote_code: true in the model section "
-                "(trust_remote_code=True) if you trust that code"
+                f"{name!r} contains custom model code; if you trust that code, set trust_remote_code: true in the "
+                "model section and run with --trust-remote-code (a config alone cannot turn it on)"
             ) from error
         if "does not recognize this architecture" in message or "Unrecognized model identifier" in message:
             raise ModelLoadError(

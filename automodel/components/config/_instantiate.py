@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from automodel.components.config._allowlist import CODE_LOADING_KEYS, loads_from_a_repository
 from automodel.components.config._errors import ConfigError
 from automodel.components.config._node import ConfigNode, child_path
-from automodel.components.config._targets import TargetPolicy, resolve_target
+from automodel.components.config._targets import TRUST_REMOTE_CODE_ENV, TargetPolicy, resolve_target
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,25 @@ def node_policy(node: Any, policy: TargetPolicy | None) -> TargetPolicy:
         return policy
     found = node._policy if isinstance(node, ConfigNode) else None
     return found or TargetPolicy()
+
+
+def code_loading_problem(key: Any, value: Any, path: str, policy: TargetPolicy) -> str | None:
+    """Why `key: value` may not appear in a config (it would make a loader run code or unpickle), or None."""
+    if not isinstance(key, str) or key not in CODE_LOADING_KEYS:
+        return None
+    safe, why = CODE_LOADING_KEYS[key]
+    if value is None or value == safe:
+        return None
+    if key == "trust_remote_code":
+        if policy.remote_code_trusted():
+            return None
+        return (
+            f"{path}: {value!r} {why}; a config cannot turn it on by itself: if you trust that repository, pass "
+            f"--trust-remote-code (or set {TRUST_REMOTE_CODE_ENV}=1)"
+        )
+    return (
+        f"{path}: {value!r} is refused: {why}; remove the key (safetensors and weights_only loading cover every model)"
+    )
 
 
 def section_name(node: Any, path: str = "") -> str:
@@ -71,6 +91,9 @@ def _instantiate(
     kwargs = {
         key: _build(key, value, policy, child_path(where, key)) for key, value in node.items() if key != TARGET_KEY
     }
+    named = node.get(TARGET_KEY)
+    if isinstance(named, str) and loads_from_a_repository(_reference_mapped(named)):
+        kwargs.setdefault("trust_remote_code", False)
     for key, value in runtime.items():
         if key in kwargs:
             logger.debug("%s: runtime argument '%s' replaces the config value %r", where, key, kwargs[key])
@@ -78,7 +101,15 @@ def _instantiate(
     return _call(target, args, kwargs, where)
 
 
+def _reference_mapped(dotted: str) -> str:
+    text = dotted.strip()
+    return "automodel" + text[len("nemo_automodel") :] if text.startswith("nemo_automodel.") else text
+
+
 def _build(key: Any, value: Any, policy: TargetPolicy, path: str) -> Any:
+    problem = code_loading_problem(key, value, path, policy)
+    if problem:
+        raise ConfigError(problem)
     if isinstance(value, Mapping):
         if TARGET_KEY in value:
             return _instantiate(value, (), None, policy, {}, path)

@@ -18,6 +18,11 @@ from automodel.components.config._targets import TargetPolicy
 logger = logging.getLogger(__name__)
 
 _STR_TAG = "tag:yaml.org,2002:str"
+# Bounds on what one config may expand to: real configs have a few hundred nodes. Aliases (`*anchor`) are expanded
+# into copies, so ~300 bytes of nested anchors (a "billion laughs" alias bomb) would otherwise take minutes and
+# gigabytes before anything could be validated.
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 
 # --- YAML -------------------------------------------------------------------------------------------------------
@@ -62,8 +67,22 @@ _Loader.add_constructor(_STR_TAG, _construct_str)
 
 def load_yaml_text(text: str, source: str = "<string>", *, policy: TargetPolicy | None = None) -> ConfigNode:
     """Parse YAML text into a ConfigNode (placeholders resolved); `source` names the text in errors."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: the config is {len(text) / 2**20:.1f} MiB, more than a config can be "
+            f"({MAX_CONFIG_BYTES // 2**20} MiB); put data in a dataset file and point the config at it"
+        )
     try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no python/ tags
+        loader = _Loader(text)  # a SafeLoader: no python/ tags
+        try:
+            root = loader.get_single_node()
+            if root is not None:
+                _check_expanded_size(root, source)
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{source}: the config is nested too deeply to be a config; flatten it") from None
     except yaml.YAMLError as exc:
         message = _yaml_error_message(exc, source)
         if "${" in text and "'{'" in message:
@@ -81,6 +100,50 @@ def load_yaml_text(text: str, source: str = "<string>", *, policy: TargetPolicy 
         raise ConfigError(f"{source}: {exc}") from None
     node._set_policy(policy)
     return node
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_CONFIG_NODES nodes, or that refers to itself.
+
+    Counts on the composed node graph, where an alias is the same node object as its anchor: each node's expanded
+    size is computed once, so a bomb is measured in microseconds instead of being expanded.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            active.discard(key)
+            children = _children(node)
+            total = 1 + sum(sizes[id(child)] for child in children)
+            if total > MAX_CONFIG_NODES:
+                line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+                raise ConfigError(
+                    f"{source}:{line}: the config expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases "
+                    "copy what their anchor holds; nested aliases multiply); write the values out instead"
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+            raise ConfigError(f"{source}:{line}: a YAML alias refers to the mapping or list that contains it")
+        active.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _yaml_error_message(exc: yaml.YAMLError, source: str) -> str:

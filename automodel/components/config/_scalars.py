@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from automodel._shared.redact import register_env_value
 from automodel.components.config._errors import ConfigError
 
 # `${VAR}` or `${VAR,default}`; the default runs to the first `}` (so it cannot itself contain one).
@@ -68,6 +69,7 @@ def resolve_template(template: Template, key: str) -> Any:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name)
         if value is not None:
+            register_env_value(name, value)  # a secret is never printed again: errors and logs show the placeholder
             return value
         if default is not None:
             return default.strip()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -12,17 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from automodel._shared.errors import UserError
+from automodel.components.config._allowlist import CONFIG_CLASS, category
 from automodel.components.config._errors import ConfigError, ConfigValidationError
 from automodel.components.config._instantiate import (
     TARGET_KEY,
     accepted_names,
+    code_loading_problem,
     has_var_keyword,
     node_policy,
     target_name,
 )
 from automodel.components.config._node import ConfigNode, child_path
 from automodel.components.config._scalars import parse_literal
-from automodel.components.config._targets import TargetPolicy, resolve_target
+from automodel.components.config._static import static_signature
+from automodel.components.config._targets import TargetPolicy, parse_target, resolve_target
+
+logger = logging.getLogger(__name__)
 
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -51,9 +58,15 @@ def validate_config(
     policy: TargetPolicy | None = None,
 ) -> None:
     """Raise one ConfigValidationError listing every problem: unknown keys, missing or mistyped arguments, bad
-    targets, and whatever the recipe-level `checks` report. Imports targets but builds nothing."""
+    targets, code-loading keys, and whatever the recipe-level `checks` report.
+
+    Runs nothing: allowlisted targets are imported (our code and the libraries we depend on) to read their
+    signatures, but never called; targets the user opted into are read from their source (`_static.py`), not imported.
+    The only objects constructed are our own config dataclasses, to run their value checks.
+    """
     policy = node_policy(cfg, policy)
     errors: list[str] = []
+    _scan_code_loading(cfg, "", policy, errors)
     known = list(schema)
     for key in cfg:
         if key not in schema:
@@ -96,23 +109,81 @@ def _check_section(
     policy: TargetPolicy,
     errors: list[str],
 ) -> None:
-    target = default_target
+    target: Callable[..., Any] | None = default_target
+    # Our own config dataclasses may be constructed to run their value checks; nothing else is ever called.
+    constructible = default_target is not None and getattr(default_target, "__module__", "").startswith("automodel.")
+    signature = None
     if TARGET_KEY in node:
-        try:
-            target = resolve_target(node[TARGET_KEY], policy=policy, key=child_path(path, TARGET_KEY))
-        except ConfigError as exc:
-            errors.append(str(exc))
-            target = None
+        target, signature, constructible = _inspect_target(
+            node[TARGET_KEY], policy, child_path(path, TARGET_KEY), errors
+        )
     keys = [k for k in node if k != TARGET_KEY and k not in ignore]
-    signature = _signature(target) if target is not None else None
-    if target is not None and signature is not None:
+    if target is not None:
+        signature = _signature(target)
+    if signature is not None:
         before = len(errors)
         _bind_keys(node, keys, target, signature, provided | ignore, path, errors)
-        if len(errors) == before:
+        if len(errors) == before and target is not None and constructible:
             _check_dataclass_values(node, keys, target, provided, errors)
     for key in node:
         if key != TARGET_KEY:
             _scan(node[key], child_path(path, key), key, policy, errors)
+
+
+def _inspect_target(
+    value: Any, policy: TargetPolicy, key: str, errors: list[str]
+) -> tuple[Callable[..., Any] | None, inspect.Signature | None, bool]:
+    """(target object, static signature, constructible) for a `_target_` value, without running code outside the
+    allowlist: an opted-in target is read from its source and never imported."""
+    try:
+        parsed = parse_target(value, policy=policy, key=key)
+        if parsed.listed:
+            ours = category(parsed.dotted) == CONFIG_CLASS and parsed.dotted.startswith("automodel.")
+            return resolve_target(value, policy=policy, key=key), None, ours
+    except ConfigError as exc:
+        errors.append(str(exc))
+        return None, None, False
+    loaded = None if parsed.is_file else _already_imported(parsed.dotted)
+    if loaded is not None:  # its module was imported before: reading an attribute imports and runs nothing new
+        return loaded, None, False
+    signature = static_signature(parsed.dotted, file_path=parsed.file_path, symbol=parsed.symbol)
+    if signature is None:
+        logger.warning(
+            "%s: %r is outside the allowlist (you allowed it); validate runs no code outside the allowlist and could "
+            "not read its signature from the source, so the keys of this section are not checked",
+            key,
+            parsed.text,
+        )
+    return None, signature, False
+
+
+def _already_imported(dotted: str) -> Callable[..., Any] | None:
+    parts = dotted.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:n]))
+        if module is None:
+            continue
+        obj: Any = module
+        for part in parts[n:]:
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj if callable(obj) else None
+    return None
+
+
+def _scan_code_loading(value: Any, path: str, policy: TargetPolicy, errors: list[str]) -> None:
+    """`trust_remote_code: true`, `weights_only: false`... anywhere in the config (any section, any depth)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = child_path(path, key) if isinstance(key, str) else f"{path}[{key!r}]"
+            problem = code_loading_problem(key, item, where, policy)
+            if problem:
+                errors.append(problem)
+            _scan_code_loading(item, where, policy, errors)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _scan_code_loading(item, child_path(path, i), policy, errors)
 
 
 def _check_dataclass_values(
@@ -136,14 +207,14 @@ def _check_dataclass_values(
 def _bind_keys(
     node: Mapping[str, Any],
     keys: list[str],
-    target: Callable[..., Any],
+    target: Callable[..., Any] | None,
     signature: inspect.Signature,
     provided: frozenset[str],
     path: str,
     errors: list[str],
 ) -> None:
     accepted = accepted_names(signature)
-    hints = _type_hints(target, signature)
+    hints = _type_hints(target, signature) if target is not None else {}  # a static signature has no types
     params = signature.parameters
     for key in keys:
         param = params.get(key)
@@ -157,8 +228,8 @@ def _bind_keys(
         value = node[key]
         if _is_built_later(key, value):
             continue
-        annotation = hints.get(key, param.annotation)
-        problem = _type_problem(value, annotation, param.default)
+        annotation = hints.get(key, param.annotation) if target is not None else inspect.Parameter.empty
+        problem = _type_problem(value, annotation, param.default, shown=_shown(node, key))
         if problem:
             errors.append(f"{child_path(path, key)}: {problem}")
     for param in params.values():
@@ -169,8 +240,9 @@ def _bind_keys(
             and param.name not in node
             and param.name not in provided
         ):
+            owner = target_name(target) if target is not None else repr(node.get(TARGET_KEY))
             errors.append(
-                f"{child_path(path, param.name)}: missing required argument of {target_name(target)}; "
+                f"{child_path(path, param.name)}: missing required argument of {owner}; "
                 f"add '{param.name}: ...' under '{path}'"
             )
 
@@ -195,7 +267,8 @@ def _scan(value: Any, path: str, key: str | None, policy: TargetPolicy, errors: 
             _scan(item, child_path(path, i), None, policy, errors)
     elif key is not None and key.endswith("_fn") and isinstance(value, str):
         try:
-            resolve_target(value, policy=policy, key=path)
+            if parse_target(value, policy=policy, key=path).listed:
+                resolve_target(value, policy=policy, key=path)  # our code or a library: safe to import
         except ConfigError as exc:
             errors.append(str(exc))
 
@@ -297,19 +370,28 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", repr(annotation))
 
 
-def _type_problem(value: Any, annotation: Any, default: Any) -> str | None:
+def _shown(node: Mapping[str, Any], key: str) -> str:
+    """repr of the value as written: a `${VAR}` placeholder stays a placeholder, so an error never prints a secret."""
+    raw = getattr(node, "_raw", None)
+    if isinstance(node, ConfigNode) and isinstance(raw, dict) and key in raw:
+        return repr(str(raw[key]))
+    return repr(node[key])
+
+
+def _type_problem(value: Any, annotation: Any, default: Any, shown: str | None = None) -> str | None:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return None
     if value is None and default is None:
         return None  # `x: int = None` is common in libraries; None is clearly meant to be accepted
     if _matches(value, annotation) is not False:
         return None
+    shown = repr(value) if shown is None else shown
     if typing.get_origin(annotation) is typing.Literal:
         choices = typing.get_args(annotation)
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1) if shown == repr(value) else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}"
-    problem = f"expected {_describe(annotation)}, got {type(value).__name__} {value!r}"
+        return f"{shown} is not one of {', '.join(repr(c) for c in choices)}{hint}"
+    problem = f"expected {_describe(annotation)}, got {type(value).__name__} {shown}"
     if isinstance(value, str) and _matches(parse_literal(value), annotation) is True:
         problem += " (quoted in the YAML? remove the quotes)"
     return problem

@@ -88,7 +88,13 @@ def test_custom_code_needs_trust_remote_code(tmp_path):
         "auto_map": {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"},
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"contains custom model code; set trust_remote_code: true"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"contains custom model code; if you trust that code, set trust_remote_code: true .*--trust-remote-code",
+    ):
         NeMoAutoModelForCausalLM.from_pretrained(tmp_path)
-    with pytest.raises(ModelLoadError, match=r"contains custom model code; set trust_remote_code: true"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"contains custom model code; if you trust that code, set trust_remote_code: true .*--trust-remote-code",
+    ):
         NeMoAutoModelForCausalLM.from_config(tmp_path)

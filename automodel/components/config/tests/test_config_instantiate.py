@@ -1,13 +1,19 @@
 """instantiate(): nested targets, `*_fn` keys, runtime kwargs, default targets and binding errors."""
 
-import math
 import sys
 import textwrap
 import types
 
 import pytest
 
-from automodel.components.config import ConfigError, ConfigNode, TargetPolicy, instantiate, load_yaml_text
+from automodel.components.config import (
+    ConfigError,
+    ConfigNode,
+    TargetPolicy,
+    instantiate,
+    load_yaml_text,
+    resolve_target,
+)
 
 FAKE = "automodel.fake_config_instantiate"
 
@@ -37,7 +43,7 @@ def fake_module(monkeypatch):
         ),
         module.__dict__,
     )
-    monkeypatch.delenv("AUTOMODEL_ALLOWED_TARGETS", raising=False)
+    monkeypatch.setenv("AUTOMODEL_ALLOWED_TARGETS", FAKE)  # a module of the test, opted in as a user would
     return module
 
 
@@ -58,7 +64,7 @@ def test_nested_targets_fn_keys_and_plain_mappings():
             nested:
               _target_: {FAKE}.Inner
               x: 4
-          act_fn: math.sqrt
+          act_fn: automodel.components.datasets.utils.default_collater
           scale: 2e-1
         """.replace("\n        ", "\n")
     )
@@ -67,7 +73,7 @@ def test_nested_targets_fn_keys_and_plain_mappings():
     assert isinstance(obj, mod.Outer) and isinstance(obj.inner, mod.Inner) and obj.inner.x == 1
     assert obj.items[0].x == 2 and obj.items[1] == 3
     assert type(obj.options) is dict and obj.options["depth"] == 2 and obj.options["nested"].x == 4
-    assert obj.act_fn is math.sqrt
+    assert obj.act_fn is resolve_target("automodel.components.datasets.utils.default_collater")
     assert obj.scale == 0.2
 
 
