@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from automodel.components._peft._errors import PeftError
+
+logger = logging.getLogger(__name__)
+
+# The reference system's default when a config names no target: every linear whose name ends in `_proj`.
+DEFAULT_TARGET_MODULES = ("*_proj",)
 
 DROPOUT_POSITIONS = ("pre", "post")
 LORA_A_INITS = ("xavier", "kaiming", "gaussian")
@@ -60,10 +66,12 @@ class PeftConfig:
 
     ``adapter_path`` starts from an existing HF PEFT adapter folder (made by PEFT or by us): its own
     ``adapter_config.json`` then decides the targets, rank and alpha, and its weights are loaded before training.
+    A single string is one pattern (``target_modules: '*_proj'``); with no target at all, ``'*_proj'`` (as in the
+    reference system).
     """
 
-    target_modules: list[str] = field(default_factory=list)
-    exclude_modules: list[str] = field(default_factory=list)
+    target_modules: list[str] | str = field(default_factory=list)
+    exclude_modules: list[str] | str = field(default_factory=list)
     match_all_linear: bool = False
     dim: int = 8
     alpha: int | float = 32
@@ -95,9 +103,10 @@ class PeftConfig:
             )
         parse_lora_dtype(self.lora_dtype)
         if not self.target_modules and not self.match_all_linear and self.adapter_path is None:
-            raise PeftError(
-                "peft: no module to adapt; set target_modules (e.g. ['q_proj', 'v_proj'] or ['*_proj']) "
-                "or match_all_linear: true"
+            self.target_modules = list(DEFAULT_TARGET_MODULES)
+            logger.info(
+                "peft: no target_modules given; adapting every linear layer named '*_proj' (set target_modules or "
+                "match_all_linear: true to choose)"
             )
 
     @property

@@ -35,6 +35,8 @@ _TIME_FORMATS = (
 )
 _UNLIMITED = {"INFINITE", "UNLIMITED"}
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_SIGNAL_BEFORE_S = 300
+MIN_SIGNAL_BEFORE_S = 30
 
 
 def parse_slurm_time(value: Any, key: str = "slurm.time") -> int | None:
@@ -85,7 +87,8 @@ class SlurmConfig:
     job_dir: str | None = None  # default slurm_jobs/<job_name>_<timestamp>
     master_port: int | None = None  # default 20000 + job id % 20000, so jobs sharing a node do not collide
     python: str | None = None  # default: this interpreter, or `python` inside a container
-    signal_before_s: int = 300
+    # seconds between SLURM's pre-emption warning and the time limit; default: a tenth of `time`, 30 to 300 s
+    signal_before_s: int | None = None
     requeue: bool = True
     extra_sbatch_args: list[str] = field(default_factory=list)
 
@@ -99,6 +102,9 @@ class SlurmConfig:
         problems.check_int("master_port", self.master_port, minimum=1, optional=True)
         if isinstance(self.master_port, int) and self.master_port > 65535:
             problems.add("master_port", f"expected a TCP port (1-65535), got {self.master_port}")
+        explicit_signal = self.signal_before_s is not None
+        if not explicit_signal:
+            self.signal_before_s = self._default_signal_before_s()
         problems.check_int("signal_before_s", self.signal_before_s, minimum=1)
         if isinstance(self.signal_before_s, int) and self.signal_before_s > 65535:
             problems.add("signal_before_s", f"SLURM allows at most 65535 seconds, got {self.signal_before_s}")
@@ -125,13 +131,35 @@ class SlurmConfig:
             except LaunchError as err:
                 problems.items.append(str(err))
             else:
-                if limit is not None and isinstance(self.signal_before_s, int) and limit <= self.signal_before_s:
+                if (
+                    explicit_signal
+                    and limit is not None
+                    and isinstance(self.signal_before_s, int)
+                    and limit <= self.signal_before_s
+                ):
                     problems.add(
                         "signal_before_s",
                         f"the pre-emption warning ({self.signal_before_s}s before the end) would come before the job "
                         f"starts: time {self.time!r} is only {limit}s; lower signal_before_s or raise time",
                     )
         problems.raise_if_any()
+
+    def _default_signal_before_s(self) -> int:
+        """300 s, or a tenth of a shorter job's time limit (at least 30 s), so a 5-minute job is not refused."""
+        try:
+            limit = parse_slurm_time(self.time) if self.time is not None else None
+        except LaunchError:
+            limit = None  # reported by __post_init__
+        if limit is None or limit >= 3000:
+            return DEFAULT_SIGNAL_BEFORE_S
+        chosen = max(MIN_SIGNAL_BEFORE_S, limit // 10)
+        logger.info(
+            "slurm.signal_before_s: the job's time limit is %ss, so the pre-emption warning comes %ss before it "
+            "(a tenth of the limit; set signal_before_s to choose)",
+            limit,
+            chosen,
+        )
+        return chosen
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, job_name: str = "automodel") -> SlurmConfig:

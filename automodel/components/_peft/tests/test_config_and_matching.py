@@ -31,9 +31,10 @@ def test_validation_names_the_key(kwargs, match):
         PeftConfig(**{"target_modules": ["q_proj"], **kwargs})
 
 
-def test_no_target_is_an_error_and_defaults_follow_nemo():
-    with pytest.raises(PeftError, match="set target_modules .* or match_all_linear"):
-        PeftConfig()
+def test_defaults_follow_nemo():
+    assert PeftConfig().target_modules == ["*_proj"]  # no target: the reference system's default
+    assert PeftConfig(target_modules=[]).target_modules == ["*_proj"]
+    assert PeftConfig(match_all_linear=True).target_modules == []
     config = PeftConfig(target_modules="q_proj", lora_dtype="torch.bfloat16")
     assert config.target_modules == ["q_proj"]
     assert (config.dim, config.alpha, config.dropout_position, config.lora_A_init) == (8, 32, "post", "xavier")

@@ -76,6 +76,16 @@ def test_signal_must_come_before_the_time_limit():
     assert SlurmConfig(time="00:04:00", signal_before_s=60).signal_before_s == 60
 
 
+def test_the_default_warning_scales_with_a_short_time_limit(caplog):
+    # The seed document's own section: a 5-minute job. Only an explicit signal_before_s is checked against time.
+    caplog.set_level("INFO")
+    assert SlurmConfig(time="00:05:00").signal_before_s == 30
+    assert "a tenth of the limit" in caplog.text
+    assert SlurmConfig(time="00:20:00").signal_before_s == 120
+    assert SlurmConfig(time="04:00:00").signal_before_s == 300
+    assert SlurmConfig().signal_before_s == 300
+
+
 def test_literal_secret_in_env_vars_is_refused():
     with pytest.raises(LaunchError, match=r"slurm\.env_vars\.WANDB_API_KEY: looks like a secret .* export it in your"):
         SlurmConfig(env_vars={"WANDB_API_KEY": "abc123"})
