@@ -1,8 +1,15 @@
 """Crash-safe training checkpoints: save, find the one to resume from, check it fits, load it.
 
-Layout (docs/architecture.md): ``<checkpoint_dir>/epoch_<E>_step_<S>/`` with ``state/`` (DCP: trainable weights and
-optimizer state, sharded per rank), ``model/`` (a consolidated HF folder, or a PEFT adapter), ``scheduler.pt``,
-``train_state.json``, ``rng_rank<R>.pt``, ``config.yaml`` and ``meta.json``, plus a ``LATEST`` file naming the newest.
+Layout (docs/architecture.md): ``<checkpoint_dir>/epoch_<E>_step_<S>/`` with ``state/`` (trainable weights and
+optimizer state: one safetensors shard per rank plus ``extra.json`` for the structure and non-tensor values),
+``model/`` (a consolidated HF folder, or a PEFT adapter), ``scheduler.json``, ``train_state.json``,
+``rng_rank<R>.json`` + ``rng_rank<R>.safetensors``, ``config.yaml``, ``meta.json`` and, written last,
+``manifest.json`` (every other file with its size and sha256), plus a ``LATEST`` file naming the newest.
+
+Nothing a load reads is a pickle: JSON and safetensors only, so a checkpoint from someone else cannot run code.
+The load checks the sha256 of every file it reads against the manifest first, so a damaged file is reported as
+such (and not as a changed model). Old pickle-based checkpoints are refused unless
+``AUTOMODEL_TRUST_PICKLED_CHECKPOINTS=1`` (see ``_legacy``).
 
 Crash safety: everything is written into ``<checkpoint_dir>/.tmp-epoch_E_step_S-<random>/``, fsynced, then published
 with one ``os.rename``; ``LATEST`` is replaced atomically afterwards. A process killed at any moment (SIGKILL included)
@@ -26,32 +33,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from automodel.components.checkpoint import _layout
-from automodel.components.checkpoint._model_io import ModelWriter, load_state, save_state, write_hf_model
+from automodel.components.checkpoint import _identity, _integrity, _layout, _legacy, _tree
+from automodel.components.checkpoint._model_io import (
+    ModelWriter,
+    load_state,
+    prepare_state,
+    save_state,
+    write_hf_model,
+)
 from automodel.components.checkpoint.config import CheckpointConfig, CheckpointError
 
 logger = logging.getLogger(__name__)
 
-# Identity keys that make two models incompatible; other keys the recipe passes (name_or_path, dtype...) are
-# informative only, since resuming the same architecture from a copied or converted folder is legitimate.
-STRUCTURAL_IDENTITY_KEYS = ("architecture", "num_parameters", "vocab_size")
-
-
-def _count(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return str(n)
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f}".removesuffix(".0") + suffix
-    return str(n)
-
-
-def _describe(identity: dict[str, Any], keys: list[str]) -> str:
-    parts = [str(identity.get("architecture", "model"))]
-    if "num_parameters" in identity:
-        parts.append(_count(identity["num_parameters"]))
-    parts += [f"{key} {identity[key]}" for key in keys]
-    return " ".join(parts)
+STRUCTURAL_IDENTITY_KEYS = _identity.STRUCTURAL_IDENTITY_KEYS
 
 
 def _version(package: str) -> str | None:
@@ -72,9 +66,9 @@ class Checkpointer:
     """Saves and restores full training state under ``config.checkpoint_dir``; see the module docstring.
 
     With ``world_size > 1`` (torch.distributed initialised), :meth:`save` and :meth:`load` are collective: every
-    rank calls them. Every rank writes its shard of ``state/`` and its own ``rng_rank<R>.pt``; the consolidated
-    ``model/`` is gathered to rank 0; rank 0 writes the rest and publishes. The model may be plain, DDP-wrapped or
-    FSDP2-sharded.
+    rank calls them. Every rank writes its shard of ``state/`` and its own ``rng_rank<R>.*`` and hashes what it
+    wrote; the consolidated ``model/`` is gathered to rank 0; rank 0 writes the rest, the manifest, and publishes.
+    The model may be plain, DDP-wrapped or FSDP2-sharded.
     """
 
     def __init__(self, config: CheckpointConfig, *, rank: int = 0, world_size: int = 1) -> None:
@@ -110,31 +104,46 @@ class Checkpointer:
     ) -> Path | None:
         """Write and publish ``epoch_<epoch>_step_<step>``; returns its path, or None when checkpointing is disabled.
 
-        ``train_state`` and ``model_identity`` must be JSON-serialisable; ``rng_state`` must load with
-        ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, tuples, dicts). ``model_writer(dir)``,
-        called on every rank, replaces the consolidated HF model in ``model/`` (a PEFT run writes its adapter).
+        ``train_state`` and ``model_identity`` must be JSON-serialisable; ``rng_state`` and the scheduler's
+        ``state_dict()`` may hold tensors, numbers, strings, None, lists, tuples and dicts (nothing is pickled).
+        ``model_writer(dir)``, called on every rank, replaces the consolidated HF model in ``model/`` (a PEFT run
+        writes its adapter).
         """
         if not self.enabled:
             return None
         distributed = self.world_size > 1
         assert not distributed or dist.is_initialized(), "world_size > 1 needs torch.distributed initialised"
-        # serialise first: a value that is not JSON fails here, before any file exists
-        train_json = json.dumps(train_state, indent=2, sort_keys=True)
-        meta_json = json.dumps(
-            {
-                "model_identity": model_identity,
-                "epoch": epoch,
-                "step": step,
-                "world_size": self.world_size,
-                "consolidated": self.config.save_consolidated,
-                "torch_version": torch.__version__,
-                "transformers_version": _version("transformers"),
-                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-            indent=2,
-        )
         name = _layout.checkpoint_name(epoch, step)
         final = self.checkpoint_dir / name
+
+        # Encode everything first: a value that cannot be written (not JSON, an unsupported type) fails here, on
+        # the rank that has it, before any file exists; the others learn of it and raise too.
+        failure: BaseException | None = None
+        try:
+            state = prepare_state(model, optimizer)  # first: it may run a collective (optimizer state init)
+            train_json = json.dumps(train_state, indent=2, sort_keys=True)
+            meta_json = json.dumps(
+                {
+                    "model_identity": model_identity,
+                    "epoch": epoch,
+                    "step": step,
+                    "world_size": self.world_size,
+                    "consolidated": self.config.save_consolidated,
+                    "torch_version": torch.__version__,
+                    "transformers_version": _version("transformers"),
+                    "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+            scheduler = (
+                None
+                if lr_scheduler is None
+                else _tree.encode_small(lr_scheduler.state_dict(), "the LR scheduler state")
+            )
+            rng = None if rng_state is None else _tree.encode_small(rng_state, "rng_state")
+        except Exception as error:
+            failure = error
+        self._raise_if_any_rank_failed(failure, final, "preparing")
 
         # Rank 0 decides (write / skip / conflict) and names the temp dir; a broadcast keeps all ranks in step, so an
         # error raises everywhere instead of leaving the other ranks waiting in a collective.
@@ -150,9 +159,9 @@ class Checkpointer:
             return final
         temp = self.checkpoint_dir / detail
 
-        failure: BaseException | None = None
+        hashes: dict[str, dict[str, Any]] = {}
         try:
-            save_state(temp / "state", model, optimizer)  # collective: every rank writes its shard
+            written = save_state(temp / "state", state, rank=self.rank)  # collective: every rank writes its shard
             if self.config.save_consolidated:
                 if model_writer is not None:
                     model_writer(temp / "model")
@@ -165,27 +174,33 @@ class Checkpointer:
                         save_format=self.config.model_save_format,
                     )
             if self.rank == 0:
-                if lr_scheduler is not None:
-                    torch.save(lr_scheduler.state_dict(), temp / "scheduler.pt")
+                if scheduler is not None:
+                    _tree.write_small(temp, "scheduler", scheduler, _layout.write_text)
                 _layout.write_text(temp / "train_state.json", train_json)
                 _layout.write_text(temp / "config.yaml", config_yaml)
                 _layout.write_text(temp / "meta.json", meta_json)
-            if rng_state is not None:
-                rng_path = temp / f"rng_rank{self.rank}.pt"
-                torch.save(rng_state, rng_path)
-                with open(rng_path, "rb") as f:
-                    os.fsync(f.fileno())
+            if rng is not None:
+                written += _tree.write_small(temp, f"rng_rank{self.rank}", rng, _layout.write_text)
+            hashes = _integrity.hash_files(temp, written)  # in parallel on every rank; rank 0 hashes the rest
         except Exception as error:
             failure = error
         self._raise_if_any_rank_failed(failure, final, "writing")
 
+        hashes = self._gather_hashes(hashes)
         if self.rank == 0:
             try:
-                self._publish(temp, final)
+                self._publish(temp, final, hashes)
             except Exception as error:
                 failure = error
         self._raise_if_any_rank_failed(failure, final, "publishing")
         return final
+
+    def _gather_hashes(self, hashes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if self.world_size == 1:
+            return hashes
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, hashes)  # among this run's own ranks: small dicts of sizes and digests
+        return {name: entry for part in gathered for name, entry in part.items()}
 
     def _plan(self, final: Path, epoch: int, step: int) -> tuple[str, str]:
         """Rank 0: ("write", temp dir name), ("skip", "") or ("error", message); never raises, so no rank waits."""
@@ -228,7 +243,10 @@ class Checkpointer:
                 "untouched"
             )
 
-    def _publish(self, temp: Path, final: Path) -> None:
+    def _publish(self, temp: Path, final: Path, hashes: dict[str, dict[str, Any]]) -> None:
+        rest = [file for file in _integrity.all_files(temp) if file.relative_to(temp).as_posix() not in hashes]
+        hashes = {**hashes, **_integrity.hash_files(temp, rest)}
+        _layout.write_text(temp / _layout.MANIFEST, _integrity.manifest_text(hashes))  # last: marks it complete
         _layout.fsync_tree(temp)  # the model files were written by libraries that do not fsync
         os.rename(temp, final)  # the commit point: before it the checkpoint does not exist, after it it is complete
         _layout.fsync_dir(self.checkpoint_dir)
@@ -252,7 +270,7 @@ class Checkpointer:
             return
         complete = _layout.complete_checkpoints(self.checkpoint_dir)
         protected = {keep.resolve()}
-        latest = _layout.read_latest(self.checkpoint_dir)
+        latest, _ = _layout.read_latest(self.checkpoint_dir)
         if latest is not None:
             protected.add(latest.resolve())
         for old in complete[: max(0, len(complete) - self.config.keep_last_n)]:
@@ -276,23 +294,31 @@ class Checkpointer:
         return self._newest_complete(self.checkpoint_dir)
 
     def _newest_complete(self, root: Path) -> Path | None:
-        complete = _layout.complete_checkpoints(root)
+        entries = _layout.checkpoint_entries(root)
+        complete = [entry for entry in entries if _layout.is_complete(entry)]
         newest = complete[-1] if complete else None
-        latest = _layout.read_latest(root)
+        legacy = [] if _layout.trusts_pickles() else [entry for entry in entries if _layout.is_legacy(entry)]
+        if legacy and (newest is None or _order(legacy[-1]) > _order(newest)):
+            raise _legacy.refusal(legacy[-1])  # resuming from an older checkpoint instead would silently lose steps
+        fallback = (
+            f"resuming from the newest complete one, {newest}" if newest else "no complete checkpoint: starting fresh"
+        )
+        latest, problem = _layout.read_latest(root)
+        if problem is not None:
+            logger.warning("%s %s; it is ignored: %s", root / _layout.LATEST, problem, fallback)
+            return newest
         if latest is None:
             if newest is not None:
                 logger.warning("'%s' has no LATEST file; resuming from the newest complete checkpoint %s", root, newest)
             return newest
-        if not _layout.is_complete(latest) or _layout.parse_name(latest.name) is None:
-            lacks = ", ".join(_layout.missing_parts(latest))
+        problems = _layout.missing_parts(latest)
+        if problems:
             logger.warning(
-                "%s names '%s', which is not a complete checkpoint (lacks %s); %s",
+                "%s names '%s', which is not a complete checkpoint (%s); %s",
                 root / _layout.LATEST,
                 latest,
-                lacks or "a valid epoch_E_step_S name",
-                f"resuming from the newest complete one, {newest}"
-                if newest
-                else "no complete checkpoint: starting fresh",
+                "; ".join(problems),
+                fallback,
             )
             return newest
         if newest is not None and _order(newest) > _order(latest):
@@ -321,10 +347,12 @@ class Checkpointer:
             found = self._newest_complete(path)  # a whole checkpoint_dir of another run
             if found is not None:
                 return found
-        lacks = _layout.missing_parts(path)
-        if lacks:
+        if _layout.is_legacy(path) and not _layout.trusts_pickles():
+            raise _legacy.refusal(path)
+        problems = _layout.missing_parts(path)
+        if problems:
             raise CheckpointError(
-                f"checkpoint.restore_from '{path}' is not a complete checkpoint: it lacks {', '.join(lacks)}; give an "
+                f"checkpoint.restore_from '{path}' is not a complete checkpoint: {'; '.join(problems)}; give an "
                 "epoch_<E>_step_<S> directory written by a finished save"
             )
         return path
@@ -332,33 +360,46 @@ class Checkpointer:
     # --- check and load ---------------------------------------------------------------------------------------
 
     def check_identity(self, path: Path, model_identity: dict[str, Any]) -> None:
-        """Raise CheckpointError when the checkpoint at ``path`` holds a structurally different model."""
+        """Raise CheckpointError when the checkpoint at ``path`` holds a different model (or, for an adapter, was
+        trained on a different base model)."""
         path = Path(path)
         try:
-            saved = json.loads((path / "meta.json").read_text()).get("model_identity") or {}
-        except (OSError, json.JSONDecodeError) as error:
+            meta = json.loads((path / "meta.json").read_text())
+            saved = (meta.get("model_identity") if isinstance(meta, dict) else None) or {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"cannot read '{path / 'meta.json'}' ({error}); the checkpoint is damaged") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"'{path / 'meta.json'}' has no model identity; the checkpoint is damaged")
+        ours = path.resolve().parent == self.checkpoint_dir.resolve()
         differing = [
             key
             for key in STRUCTURAL_IDENTITY_KEYS
             if key in saved and key in model_identity and saved[key] != model_identity[key]
         ]
-        if not differing:
-            return
-        # "LlamaForCausalLM 134.5M vs Qwen2ForCausalLM 494M"; other differing keys only when that reads the same
-        extra = [key for key in differing if key not in ("architecture", "num_parameters")]
-        if _describe(saved, []) != _describe(model_identity, []):
-            extra = []
-        models = f"{_describe(saved, extra)} vs {_describe(model_identity, extra)}"
-        if path.resolve().parent == self.checkpoint_dir.resolve():
+        if differing:
+            # "LlamaForCausalLM 134.5M vs Qwen2ForCausalLM 494M"; other differing keys only when that reads the same
+            extra = [key for key in differing if key not in ("architecture", "num_parameters")]
+            if _identity.describe(saved, []) != _identity.describe(model_identity, []):
+                extra = []
+            models = f"{_identity.describe(saved, extra)} vs {_identity.describe(model_identity, extra)}"
+            if ours:
+                raise CheckpointError(
+                    f"checkpoint dir '{self.checkpoint_dir}' holds a checkpoint of a different model ({models}); use "
+                    "another checkpoint.checkpoint_dir or remove it"
+                )
             raise CheckpointError(
-                f"checkpoint dir '{self.checkpoint_dir}' holds a checkpoint of a different model ({models}); use "
-                "another checkpoint.checkpoint_dir or remove it"
+                f"checkpoint '{path}' (checkpoint.restore_from) holds a different model ({models}); point "
+                "checkpoint.restore_from at a checkpoint of this model"
             )
-        raise CheckpointError(
-            f"checkpoint '{path}' (checkpoint.restore_from) holds a different model ({models}); point "
-            "checkpoint.restore_from at a checkpoint of this model"
-        )
+        if _identity.different_base(saved, model_identity):
+            source = saved.get("name_or_path")
+            raise CheckpointError(
+                f"checkpoint '{path}' was trained on a different base model: its adapter (trainable weights) was "
+                f"trained on frozen weights{f' from {source!r}' if source else ''} that differ from this model's "
+                f"({_identity.describe(model_identity, [])}, same shapes, e.g. a base vs an instruct model); load the "
+                "base model it was trained on (model.pretrained_model_name_or_path), or "
+                + ("use another checkpoint.checkpoint_dir" if ours else "another checkpoint.restore_from")
+            )
 
     def load(
         self,
@@ -372,42 +413,105 @@ class Checkpointer:
         """Load trainable weights and optimizer / scheduler state in place (resharding to this world size); return
         ``{"train_state", "rng_state"}``. Collective when several ranks run.
 
-        ``rng_state`` is this rank's (``rank`` defaults to the checkpointer's), or None with a warning when the
-        checkpoint was saved by fewer ranks.
+        Every file it reads is first checked against ``manifest.json`` (size and sha256; the hashing is split over
+        the ranks). ``rng_state`` is this rank's (``rank`` defaults to the checkpointer's), or None with a warning
+        when the checkpoint was saved by fewer ranks.
         """
         path = Path(path)
-        lacks = _layout.missing_parts(path)
-        if lacks:
-            raise CheckpointError(f"'{path}' is not a complete checkpoint: it lacks {', '.join(lacks)}")
         if optimizer is not None and model is None:
             raise ValueError("loading optimizer state needs the model too (its state is keyed by parameter name)")
+        rank = self.rank if rank is None else rank
+        if _layout.is_legacy(path):
+            if not _layout.trusts_pickles():
+                raise _legacy.refusal(path)
+            return self._load_legacy(path, model, optimizer, lr_scheduler, rank)
+        problems = _layout.missing_parts(path)
+        if problems:
+            raise CheckpointError(f"'{path}' is not a complete checkpoint: {'; '.join(problems)}")
+        self._verify(path, model is not None, lr_scheduler is not None)
+
         if model is not None:
             load_state(path / "state", model, optimizer)
         if lr_scheduler is not None:
-            scheduler_path = path / "scheduler.pt"
-            if not scheduler_path.is_file():
-                raise CheckpointError(f"'{path}' has no scheduler.pt (it was saved without an LR scheduler)")
-            lr_scheduler.load_state_dict(torch.load(scheduler_path, map_location="cpu", weights_only=True))
-        train_state = json.loads((path / "train_state.json").read_text())
-
-        rank = self.rank if rank is None else rank
-        rng_path = path / f"rng_rank{rank}.pt"
+            if not (path / "scheduler.json").is_file():
+                raise CheckpointError(f"'{path}' has no scheduler.json (it was saved without an LR scheduler)")
+            lr_scheduler.load_state_dict(_tree.read_small(path, "scheduler"))
+        train_state = self._read_json(path / "train_state.json")
         rng_state = None
-        if rng_path.is_file():
-            rng_state = torch.load(rng_path, map_location="cpu", weights_only=True)
+        if (path / f"rng_rank{rank}.json").is_file():
+            rng_state = _tree.read_small(path, f"rng_rank{rank}")
         else:
-            saved_world = json.loads((path / "meta.json").read_text()).get("world_size")
-            logger.warning(
-                "%s has no RNG state for rank %d (saved with world_size %s, now %d): this rank's random streams "
-                "restart from the seed, so the run does not continue bit-exactly",
-                path,
-                rank,
-                saved_world,
-                self.world_size,
-            )
+            self._warn_no_rng(path, rank)
         self._resumed.add(path.resolve())
         logger.info("loaded checkpoint %s", path)
         return {"train_state": train_state, "rng_state": rng_state}
+
+    def _verify(self, path: Path, reads_state: bool, reads_scheduler: bool) -> None:
+        """Collective: the sha256 of every file this load reads, each rank hashing its share; raise on any problem."""
+        files = _layout.read_manifest(path)
+
+        def read(name: str) -> bool:
+            if name.startswith("state/"):
+                return reads_state
+            if name.startswith("scheduler."):
+                return reads_scheduler
+            return name in ("meta.json", "train_state.json") or name.startswith("rng_rank")
+
+        wanted = sorted((name for name in files if read(name)), key=lambda name: (-files[name]["size"], name))
+        share = {name: files[name] for name in wanted[self.rank :: self.world_size]}
+        problems = _integrity.verify(path, share)
+        if reads_state and self.rank == 0:  # the reader takes every shard in state/: each must be a verified one
+            problems += [
+                f"state/{file.name} is not listed in {_layout.MANIFEST} (added after the save?)"
+                for file in sorted((path / "state").glob("*.safetensors"))
+                if f"state/{file.name}" not in files
+            ]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, problems)
+            problems = sorted(problem for part in gathered for problem in part)
+        if problems:
+            raise CheckpointError(
+                f"checkpoint '{path}' is damaged: {'; '.join(problems)}; it cannot be resumed: use another "
+                "checkpoint (remove this one to resume from the previous, or set checkpoint.restore_from)"
+            )
+
+    def _load_legacy(
+        self, path: Path, model: nn.Module | None, optimizer: Any, lr_scheduler: Any, rank: int
+    ) -> dict[str, Any]:
+        _legacy.warn_trusted(path)
+        problems = _layout.missing_parts(path)
+        if problems:
+            raise CheckpointError(f"'{path}' is not a complete checkpoint: {'; '.join(problems)}")
+        if model is not None:
+            _legacy.load_state(path / "state", model, optimizer)
+        if lr_scheduler is not None:
+            lr_scheduler.load_state_dict(_legacy.load_scheduler(path))
+        train_state = self._read_json(path / "train_state.json")
+        rng_state = _legacy.load_rng(path, rank)
+        if rng_state is None:
+            self._warn_no_rng(path, rank)
+        self._resumed.add(path.resolve())
+        logger.info("loaded checkpoint %s", path)
+        return {"train_state": train_state, "rng_state": rng_state}
+
+    @staticmethod
+    def _read_json(file: Path) -> Any:
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"cannot read '{file}' ({error}); the checkpoint is damaged") from None
+
+    def _warn_no_rng(self, path: Path, rank: int) -> None:
+        meta = self._read_json(path / "meta.json")
+        logger.warning(
+            "%s has no RNG state for rank %d (saved with world_size %s, now %d): this rank's random streams "
+            "restart from the seed, so the run does not continue bit-exactly",
+            path,
+            rank,
+            meta.get("world_size") if isinstance(meta, dict) else None,
+            self.world_size,
+        )
 
 
 def _order(path: Path) -> tuple[int, int]:

@@ -18,7 +18,7 @@ _MAX_SEED = 2**32  # numpy's legacy global RNG takes seeds in [0, 2**32)
 
 def _numpy_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    # a tensor rather than an ndarray, so the state loads with torch.load(weights_only=True)
+    # a tensor rather than an ndarray: the state is plain tensors, numbers and lists (stored as safetensors + JSON)
     return {
         "name": name,
         "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -97,7 +97,7 @@ class StatefulRNG:
         torch.manual_seed(self.seed)  # seeds the CUDA generators too (lazily when CUDA is not initialised yet)
 
     def state_dict(self) -> dict[str, Any]:
-        """The state of every global generator; loads with ``torch.load(weights_only=True)``."""
+        """The state of every global generator: tensors, numbers and lists only (no pickle needed to store it)."""
         return _capture(include_cuda=torch.cuda.is_available())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

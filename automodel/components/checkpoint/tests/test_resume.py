@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from automodel.components.checkpoint import CheckpointConfig, Checkpointer, CheckpointError
+from automodel.components.checkpoint import CheckpointConfig, Checkpointer, CheckpointError, frozen_fingerprint
 from automodel.components.checkpoint.tests.tiny import make_model, save
 
 
@@ -39,7 +39,7 @@ def test_latest_naming_a_missing_or_incomplete_checkpoint_falls_back(tmp_path, m
     (tmp_path / "epoch_0_step_2" / "meta.json").unlink()  # pruned by hand
     with caplog.at_level(logging.WARNING):
         assert make_checkpointer(tmp_path).find_resume_checkpoint() == tmp_path / "epoch_0_step_1"
-    assert "is not a complete checkpoint (lacks meta.json); resuming from the newest complete one" in caplog.text
+    assert "is not a complete checkpoint (meta.json is missing); resuming from the newest complete one" in caplog.text
 
     shutil.rmtree(tmp_path / "epoch_0_step_2")
     assert make_checkpointer(tmp_path).find_resume_checkpoint() == tmp_path / "epoch_0_step_1"
@@ -115,9 +115,7 @@ def test_restore_from_errors_name_the_path(tmp_path, model):
         make_checkpointer(tmp_path, restore_from="LATEST").find_resume_checkpoint()
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "meta.json").write_text("{}")
-    with pytest.raises(
-        CheckpointError, match=r"'.*half' is not a complete checkpoint: it lacks train_state.json, state/"
-    ):
+    with pytest.raises(CheckpointError, match=r"'.*half' is not a complete checkpoint: manifest.json is missing; give"):
         make_checkpointer(tmp_path, restore_from=str(tmp_path / "half")).find_resume_checkpoint()
 
 
@@ -155,3 +153,66 @@ def test_rng_state_round_trips_per_rank_name(tmp_path, model):
     path = save(make_checkpointer(tmp_path), 0, 1, model, rng_state=state)
     loaded = make_checkpointer(tmp_path).load(path)["rng_state"]
     assert loaded["seed"] == 7 and torch.equal(loaded["torch"], state["torch"])
+
+
+# --- the base model under an adapter --------------------------------------------------------------------------------
+
+
+def lora_like(scale: float = 1.0):
+    """A model whose base is frozen except one layer (what PEFT leaves trainable, in miniature)."""
+    model = make_model(seed=0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(scale)  # scale != 1: the "instruct" version of the same architecture
+    for name, param in model.named_parameters():
+        param.requires_grad_("layers.1.mlp" in name)
+    return model
+
+
+def with_fingerprint(model) -> dict:
+    return {"architecture": "LlamaForCausalLM", "num_parameters": 1, "frozen_fingerprint": frozen_fingerprint(model)}
+
+
+def test_frozen_fingerprint_is_the_weights_not_their_dtype():
+    base = lora_like()
+    fingerprint = frozen_fingerprint(base)
+    assert fingerprint["num_params"] == sum(not p.requires_grad for p in base.parameters())
+    bf16 = lora_like()
+    for param in bf16.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)  # cast_frozen_linear_weights does this
+    assert frozen_fingerprint(bf16) == fingerprint
+    assert frozen_fingerprint(lora_like(scale=1.01))["values"] != fingerprint["values"]
+    trainable_again = lora_like()
+    trainable_again.model.norm.weight.requires_grad_(True)
+    assert frozen_fingerprint(trainable_again)["names"] != fingerprint["names"]
+    assert frozen_fingerprint(make_model()) == {}  # full fine-tuning: nothing frozen
+
+
+def test_frozen_fingerprint_on_the_meta_device_is_none_with_a_warning(caplog):
+    with torch.device("meta"):
+        model = lora_like()
+    with caplog.at_level(logging.WARNING):
+        assert frozen_fingerprint(model) is None
+    assert "still on the meta device" in caplog.text
+
+
+def test_an_adapter_resumed_onto_another_base_model_is_refused(tmp_path):
+    base = lora_like()
+    path = save(make_checkpointer(tmp_path), 0, 1, base, model_identity=with_fingerprint(base))
+    checkpointer = make_checkpointer(tmp_path)
+    checkpointer.check_identity(path, with_fingerprint(lora_like()))  # the same base: fine
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint '.*epoch_0_step_1' was trained on a different base model: its adapter \(trainable "
+        r"weights\) was trained on frozen weights that differ from this model's .*use another "
+        r"checkpoint.checkpoint_dir",
+    ):
+        checkpointer.check_identity(path, with_fingerprint(lora_like(scale=1.01)))
+    # not compared: another set of frozen parameters (the load reports it), full fine-tuning, an old checkpoint
+    changed = lora_like(scale=1.01)
+    changed.model.norm.weight.requires_grad_(True)
+    checkpointer.check_identity(path, with_fingerprint(changed))
+    checkpointer.check_identity(path, {"architecture": "LlamaForCausalLM", "num_parameters": 1})
+    full = save(make_checkpointer(tmp_path / "full"), 0, 1, base, model_identity=with_fingerprint(make_model()))
+    make_checkpointer(tmp_path / "full").check_identity(full, with_fingerprint(make_model(seed=3)))

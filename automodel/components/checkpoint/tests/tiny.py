@@ -72,5 +72,6 @@ def save(checkpointer: Checkpointer, epoch: int, step: int, model: torch.nn.Modu
     kwargs.setdefault("train_state", {"step_scheduler": {"step": step, "epoch": epoch, "batches_in_epoch": step}})
     kwargs.setdefault("rng_state", {"torch": torch.get_rng_state()})
     kwargs.setdefault("config_yaml", "model:\n  hidden_size: 64\n")
-    kwargs.setdefault("model_identity", identity(model))
+    if "model_identity" not in kwargs:
+        kwargs["model_identity"] = identity(model)
     return checkpointer.save(epoch, step, model=model, **kwargs)

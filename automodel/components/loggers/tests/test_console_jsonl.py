@@ -105,6 +105,51 @@ def test_jsonl_appends_flushed_json_safe_records(tmp_path):
     ]
 
 
+def test_jsonl_resume_drops_what_the_killed_run_logged_after_the_checkpoint(tmp_path):
+    # a run logged steps 1..5 (a validation at 4), checkpointed at step 3, and was killed mid-write of step 6
+    path = tmp_path / "metrics.jsonl"
+    jsonl = JSONLLogger(path)
+    for step in range(1, 6):
+        jsonl.log({"loss": float(step)}, step)
+    jsonl.log({"loss": 0.5}, 3, prefix="val")
+    jsonl.log({"loss": 0.4}, 4, prefix="val")
+    jsonl.close()
+    with path.open("ab") as f:
+        f.write(b'{"step": 6, "split": "train", "loss": "\xc3')  # cut inside a UTF-8 character
+    resumed = JSONLLogger(path)
+    resumed.resume(3)
+    for step in (4, 5):  # the resumed run logs steps 4 and 5 again
+        resumed.log({"loss": step + 0.1}, step)
+    resumed.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["split"], r["loss"]) for r in rows] == [
+        (1, "train", 1.0),
+        (2, "train", 2.0),
+        (3, "train", 3.0),
+        (3, "val", 0.5),
+        (4, "train", 4.1),
+        (5, "train", 5.1),
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    # nothing to drop: the file is left alone; another rank's logger does nothing
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    JSONLLogger(path).resume(5)
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
+    JSONLLogger(path, rank=1).resume(0)
+    assert len(path.read_text().splitlines()) == 6
+
+
+def test_multilogger_resume_reaches_the_jsonl_logger(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MultiLogger([JSONLLogger(path)]) as loggers:
+        for step in (1, 2, 3):
+            loggers.log({"loss": 1.0}, step)
+    with MultiLogger([JSONLLogger(path), ConsoleLogger(10, stream=io.StringIO())]) as loggers:
+        loggers.resume(1)
+        loggers.log({"loss": 2.0}, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
 def test_jsonl_other_ranks_write_nothing_and_bad_path(tmp_path):
     JSONLLogger(tmp_path / "metrics.jsonl", rank=1).log({"loss": 1.0}, 1)
     assert not (tmp_path / "metrics.jsonl").exists()
