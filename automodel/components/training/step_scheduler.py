@@ -17,13 +17,14 @@ from automodel.components.training.errors import TrainingError
 logger = logging.getLogger(__name__)
 
 
-def _check_positive_int(name: str, value: Any, *, optional: bool) -> None:
+def _positive_int_problem(name: str, value: Any, *, optional: bool) -> str | None:
     if value is None and optional:
-        return
+        return None
     # bool is an int subclass; `max_steps: true` in YAML is a mistake, not 1
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         expected = "a positive integer or null" if optional else "a positive integer"
-        raise TrainingError(f"step_scheduler.{name} must be {expected}, got {value!r}")
+        return f"step_scheduler.{name} must be {expected}, got {value!r}"
+    return None
 
 
 def _find_sampler_with(dataloader: Any, method: str) -> Any | None:
@@ -62,16 +63,19 @@ class StepScheduler:
         ckpt_every_steps: int | None = None,
         dataloader: Any = None,
     ) -> None:
-        _check_positive_int("global_batch_size", global_batch_size, optional=False)
-        _check_positive_int("local_batch_size", local_batch_size, optional=False)
-        _check_positive_int("dp_size", dp_size, optional=False)
-        for name, value in [
-            ("max_steps", max_steps),
-            ("num_epochs", num_epochs),
-            ("val_every_steps", val_every_steps),
-            ("ckpt_every_steps", ckpt_every_steps),
-        ]:
-            _check_positive_int(name, value, optional=True)
+        problems = self.check_settings(
+            global_batch_size,
+            local_batch_size,
+            max_steps=max_steps,
+            num_epochs=num_epochs,
+            val_every_steps=val_every_steps,
+            ckpt_every_steps=ckpt_every_steps,
+        )
+        dp_problem = _positive_int_problem("dp_size", dp_size, optional=False)
+        if dp_problem:
+            problems.append(dp_problem)
+        if problems:
+            raise TrainingError(problems[0])
         per_micro_step = local_batch_size * dp_size
         if global_batch_size % per_micro_step != 0:
             lower = max(per_micro_step, global_batch_size // per_micro_step * per_micro_step)
@@ -79,10 +83,6 @@ class StepScheduler:
                 f"step_scheduler: global_batch_size({global_batch_size}) must be a multiple of "
                 f"local_batch_size({local_batch_size}) x dp_size({dp_size}) = {per_micro_step}; "
                 f"set global_batch_size to e.g. {lower} or {lower + per_micro_step}, or change local_batch_size"
-            )
-        if max_steps is None and num_epochs is None:
-            raise TrainingError(
-                "step_scheduler: set max_steps or num_epochs (both are null, so training would never stop)"
             )
 
         self.global_batch_size = global_batch_size
@@ -121,6 +121,36 @@ class StepScheduler:
                     f"/ (local_batch_size({local_batch_size}) x dp_size({dp_size}))); lower global_batch_size or "
                     "use more data"
                 )
+
+    @staticmethod
+    def check_settings(
+        global_batch_size: Any,
+        local_batch_size: Any,
+        *,
+        max_steps: Any = None,
+        num_epochs: Any = 1,
+        val_every_steps: Any = None,
+        ckpt_every_steps: Any = None,
+    ) -> list[str]:
+        """Every problem with these settings, one message each (empty when they are fine).
+
+        The constructor raises the first of them; a config validator calls this to report them all before anything
+        is built. The multiple-of check needs the data-parallel size, so it stays in the constructor.
+        """
+        problems = [
+            _positive_int_problem("global_batch_size", global_batch_size, optional=False),
+            _positive_int_problem("local_batch_size", local_batch_size, optional=False),
+        ]
+        for name, value in [
+            ("max_steps", max_steps),
+            ("num_epochs", num_epochs),
+            ("val_every_steps", val_every_steps),
+            ("ckpt_every_steps", ckpt_every_steps),
+        ]:
+            problems.append(_positive_int_problem(name, value, optional=True))
+        if max_steps is None and num_epochs is None:
+            problems.append("step_scheduler: set max_steps or num_epochs (both are null, so training would never stop)")
+        return [problem for problem in problems if problem]
 
     # --- totals and cadence -----------------------------------------------------------------------------------
 

@@ -19,6 +19,12 @@ logger = logging.getLogger(__name__)
 
 ON_OVERFLOW_CHOICES = ("truncate", "drop")
 _TOKENIZE_CHUNK = 1000  # rows per batched tokenizer call: fast, and bounded memory for offsets
+# A text longer than (seq_length + _CUT_MARGIN) x _CHARS_PER_TOKEN characters is tokenized from that prefix only:
+# only its first seq_length tokens can be kept, and a 10 MB row would otherwise cost seconds and GBs of offsets.
+# Tokenization is local, so the prefix's tokens are the full text's except the last few before the cut; a prefix that
+# does not yield _CUT_MARGIN tokens more than seq_length (unusually long tokens) is tokenized in full instead.
+_CHARS_PER_TOKEN = 32
+_CUT_MARGIN = 32
 
 Span = tuple[int, int]
 
@@ -143,30 +149,43 @@ def tokenize_with_spans(
     all_labels: list[np.ndarray] = []
     num_truncated = num_dropped = max_length = 0
 
+    max_chars = None if seq_length is None else (seq_length + _CUT_MARGIN) * _CHARS_PER_TOKEN
+
     for chunk_start in range(0, len(texts), _TOKENIZE_CHUNK):
         chunk = list(texts[chunk_start : chunk_start + _TOKENIZE_CHUNK])
-        encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        cut = [max_chars is not None and len(text) > max_chars for text in chunk]
+        encoded = tokenizer(
+            [text[:max_chars] if was_cut else text for text, was_cut in zip(chunk, cut)],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+        )
         for k, (ids, offsets) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)):
             row = chunk_start + k
-            ids = np.concatenate([prefix, np.asarray(ids, dtype=np.int64), suffix])
+            # `cut`: only a prefix was tokenized, and it already holds more than seq_length tokens.
+            if cut[k] and len(ids) <= (seq_length or 0) + _CUT_MARGIN:
+                full = tokenizer(chunk[k], add_special_tokens=False, return_offsets_mapping=True)
+                ids, offsets, cut[k] = full["input_ids"], full["offset_mapping"], False
+            tail = np.zeros(0, dtype=np.int64) if cut[k] else suffix  # an EOS after the cut would be cut off anyway
+            ids = np.concatenate([prefix, np.asarray(ids, dtype=np.int64), tail])
             supervised = np.concatenate(
-                [np.zeros(len(prefix), bool), _supervised_mask(offsets, spans[row]), np.ones(len(suffix), bool)]
+                [np.zeros(len(prefix), bool), _supervised_mask(offsets, spans[row]), np.ones(len(tail), bool)]
             )
             # Token 0 is never predicted, so only positions >= 1 can carry loss.
             hits = np.flatnonzero(supervised[1:])
-            if len(hits) == 0:
+            if len(hits) == 0 and not (cut[k] and any(end > start for start, end in spans[row])):
                 raise DatasetError(
                     f"{where}: row {row} has no token that carries loss (empty answer or assistant turn?); fix or "
                     "remove that row"
                 )
-            first_supervised = int(hits[0]) + 1
+            first_supervised = int(hits[0]) + 1 if len(hits) else len(ids)
             if seq_length is not None and len(ids) > seq_length:
                 if on_overflow == "drop":
                     num_dropped += 1
                     continue
                 if first_supervised >= seq_length:
+                    prompt = f"at least {seq_length}" if cut[k] else str(first_supervised)
                     raise DatasetError(
-                        f"{where}: row {row}: the prompt alone is {first_supervised} tokens, which leaves no answer "
+                        f"{where}: row {row}: the prompt alone is {prompt} tokens, which leaves no answer "
                         f"token within seq_length={seq_length}; raise seq_length or set on_overflow: drop"
                     )
                 ids, supervised = ids[:seq_length], supervised[:seq_length]

@@ -96,6 +96,23 @@ def test_invalid_settings(kwargs, message):
         StepScheduler(**kwargs)
 
 
+def test_check_settings_reports_every_problem_at_once():
+    problems = StepScheduler.check_settings(
+        -1, True, max_steps=0, num_epochs=float("nan"), val_every_steps=-3, ckpt_every_steps=2
+    )
+    assert problems == [
+        "step_scheduler.global_batch_size must be a positive integer, got -1",
+        "step_scheduler.local_batch_size must be a positive integer, got True",
+        "step_scheduler.max_steps must be a positive integer or null, got 0",
+        "step_scheduler.num_epochs must be a positive integer or null, got nan",
+        "step_scheduler.val_every_steps must be a positive integer or null, got -3",
+    ]
+    assert StepScheduler.check_settings(8, 2, max_steps=None, num_epochs=None) == [
+        "step_scheduler: set max_steps or num_epochs (both are null, so training would never stop)"
+    ]
+    assert StepScheduler.check_settings(8, 2, max_steps=10) == []
+
+
 def test_dataloader_smaller_than_one_step_is_an_error():
     with pytest.raises(
         TrainingError, match=r"yields 3 micro-batches per epoch, fewer than the 4 one optimizer step needs"
