@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from automodel._shared.errors import UserError, exit_on_user_error
+from automodel._shared.logs import CurrentStderrHandler
 from automodel.components.config import (
     ALLOWED_TARGETS_ENV,
     TRUST_REMOTE_CODE_ENV,
@@ -182,6 +183,7 @@ def _finetune(args: argparse.Namespace, extra: Sequence[str], domain: str, comma
             raise ConfigError("slurm and k8s: a config may have one launcher section, not both; remove one")
         kind = launchers[0]
         section = cfg.pop(kind)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[CurrentStderrHandler()])
         return launch(
             kind,
             section,
@@ -234,7 +236,7 @@ def _preview(args: argparse.Namespace, extra: Sequence[str], domain: str, comman
 def _prepare(args: argparse.Namespace) -> int:
     from automodel.components._transformers import prepare_smollm2
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[CurrentStderrHandler()])
     prepare_smollm2(args.output)  # logs where the model is
     return 0
 
@@ -242,7 +244,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _peft_merge(args: argparse.Namespace) -> int:
     from automodel.components._peft import merge_adapter
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[CurrentStderrHandler()])
     output = merge_adapter(args.base, args.adapter, args.output)
     print(f"Merged model written to {output} (transformers.AutoModelForCausalLM.from_pretrained loads it)")
     return 0

@@ -3,7 +3,7 @@ allowlist, instantiation and whole-config validation."""
 
 from automodel.components.config._allowlist import ALLOWED_TARGETS, CODE_LOADING_KEYS, TARGET_ALIASES
 from automodel.components.config._errors import ConfigError, ConfigValidationError
-from automodel.components.config._instantiate import instantiate, node_policy
+from automodel.components.config._instantiate import build_callable, instantiate, node_policy
 from automodel.components.config._loading import (
     apply_overrides,
     load_config,
@@ -35,6 +35,7 @@ __all__ = [
     "Section",
     "TargetPolicy",
     "apply_overrides",
+    "build_callable",
     "instantiate",
     "load_config",
     "load_yaml_text",

@@ -208,6 +208,8 @@ _ALIASES: dict[str, str] = {
     "automodel._transformers.auto_tokenizer.NeMoAutoTokenizer.from_pretrained": (
         "automodel.NeMoAutoTokenizer.from_pretrained"
     ),
+    # the reference system's collater for packed (THD) rows: ours is packed_collater
+    "automodel.components.datasets.utils.packed_sequence_thd_collater": f"{_C}.datasets.packing.packed_collater",
     "automodel.components.distributed.megatronfsdp.MegatronFSDPManager": (
         f"{_C}.distributed.megatron_fsdp.MegatronFSDPManager"
     ),

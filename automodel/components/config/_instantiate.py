@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -59,7 +60,7 @@ def instantiate(
     """Call the section's `_target_` (else `default_target`) with its keys, built recursively, plus `runtime`.
 
     Nested mappings with `_target_` are built first; other nested mappings become dicts; `*_fn` keys holding a
-    dotted string become the callable. Runtime kwargs win over config keys. Exceptions raised by the target
+    dotted string become the callable, and holding a section a `functools.partial` of it (called per batch). Runtime kwargs win over config keys. Exceptions raised by the target
     itself are not wrapped.
     """
     return _instantiate(node, args, default_target, node_policy(node, policy), runtime, "")
@@ -111,6 +112,8 @@ def _build(key: Any, value: Any, policy: TargetPolicy, path: str) -> Any:
     if problem:
         raise ConfigError(problem)
     if isinstance(value, Mapping):
+        if TARGET_KEY in value and isinstance(key, str) and key.endswith("_fn"):
+            return _partial(value, policy, path)
         if TARGET_KEY in value:
             return _instantiate(value, (), None, policy, {}, path)
         return {k: _build(k, v, policy, child_path(path, k)) for k, v in value.items()}
@@ -120,6 +123,32 @@ def _build(key: Any, value: Any, policy: TargetPolicy, path: str) -> Any:
     if isinstance(key, str) and key.endswith("_fn") and isinstance(value, str):
         return resolve_target(value, policy=policy, key=path)
     return value
+
+
+def build_callable(value: Any, *, policy: TargetPolicy | None = None, key: str = "") -> Callable[..., Any]:
+    """What a `*_fn:` key holds, as a callable: a dotted name, or a section whose keys are bound (a partial)."""
+    if isinstance(value, Mapping) and TARGET_KEY in value:
+        return _partial(value, node_policy(value, policy), key)
+    return resolve_target(value, policy=node_policy(value, policy), key=key)
+
+
+def _partial(node: Mapping[str, Any], policy: TargetPolicy, path: str) -> functools.partial[Any]:
+    """A `*_fn:` key holding a section (`collate_fn: {_target_: ..., pad_seq_len_divisible: 64}`): the callable with
+    the section's keys bound, called later with the per-call arguments (a batch), as the reference system does."""
+    target = resolve_target(node[TARGET_KEY], policy=policy, key=child_path(path, TARGET_KEY))
+    kwargs = {
+        key: _build(key, value, policy, child_path(path, key)) for key, value in node.items() if key != TARGET_KEY
+    }
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind_partial(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(_bind_error(exc, target, signature, kwargs, path)) from None
+    return functools.partial(target, **kwargs)
 
 
 def _call(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:

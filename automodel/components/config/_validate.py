@@ -108,6 +108,7 @@ def _check_section(
     path: str,
     policy: TargetPolicy,
     errors: list[str],
+    partial: bool = False,
 ) -> None:
     target: Callable[..., Any] | None = default_target
     # Our own config dataclasses may be constructed to run their value checks; nothing else is ever called.
@@ -122,8 +123,8 @@ def _check_section(
         signature = _signature(target)
     if signature is not None:
         before = len(errors)
-        _bind_keys(node, keys, target, signature, provided | ignore, path, errors)
-        if len(errors) == before and target is not None and constructible:
+        _bind_keys(node, keys, target, signature, provided | ignore, path, errors, partial=partial)
+        if len(errors) == before and target is not None and constructible and not partial:
             _check_dataclass_values(node, keys, target, provided, errors)
     for key in node:
         if key != TARGET_KEY:
@@ -212,6 +213,7 @@ def _bind_keys(
     provided: frozenset[str],
     path: str,
     errors: list[str],
+    partial: bool = False,
 ) -> None:
     accepted = accepted_names(signature)
     hints = _type_hints(target, signature) if target is not None else {}  # a static signature has no types
@@ -232,7 +234,7 @@ def _bind_keys(
         problem = _type_problem(value, annotation, param.default, shown=_shown(node, key))
         if problem:
             errors.append(f"{child_path(path, key)}: {problem}")
-    for param in params.values():
+    for param in [] if partial else params.values():
         if (
             param.kind in _KEYWORD_KINDS
             and param.default is inspect.Parameter.empty
@@ -258,7 +260,9 @@ def _scan(value: Any, path: str, key: str | None, policy: TargetPolicy, errors: 
     """Find nested `_target_` sections and `*_fn` strings below a value and check them."""
     if isinstance(value, Mapping):
         if TARGET_KEY in value:
-            _check_section(value, None, frozenset(), frozenset(), path, policy, errors)
+            # `collate_fn: {_target_: ...}` is a partial: its per-call arguments (the batch) come later
+            partial = key is not None and key.endswith("_fn")
+            _check_section(value, None, frozenset(), frozenset(), path, policy, errors, partial=partial)
             return
         for k, v in value.items():
             _scan(v, child_path(path, k), k if isinstance(k, str) else None, policy, errors)

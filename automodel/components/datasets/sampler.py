@@ -87,7 +87,8 @@ class ResumableSampler(Sampler[int]):
             )
         self.start = index
 
-    def _rank_order(self) -> list[int]:
+    def _rank_entries(self) -> list[tuple[int, bool]]:
+        """This rank's (index, is_padding) pairs for the current epoch; padding repeats the start of the order."""
         generator = None
         if self.shuffle:
             generator = torch.Generator()
@@ -97,33 +98,44 @@ class ResumableSampler(Sampler[int]):
             order = list(range(self.dataset_len))
         total = self.num_samples * self.num_replicas
         if total <= len(order):
-            order = order[:total]
+            entries = [(index, False) for index in order[:total]]
         else:
             # Pad by repeating the start of the order (several times if the dataset is tiny).
             repeats = -(-total // len(order))
-            order = (order * repeats)[:total]
+            entries = [(index, position >= len(order)) for position, index in enumerate((order * repeats)[:total])]
         if self.group_by_length:
-            order = self._group_by_length(order, generator)
-        return order[self.rank :: self.num_replicas]
+            entries = self._group_by_length(entries, generator)
+        return entries[self.rank :: self.num_replicas]
 
-    def _group_by_length(self, order: list[int], generator: torch.Generator | None) -> list[int]:
+    def _rank_order(self) -> list[int]:
+        return [index for index, _ in self._rank_entries()]
+
+    def padding_flags(self) -> list[bool]:
+        """For each index this rank yields (after ``set_start``), whether it only pads the epoch to an equal share
+        per rank: an evaluation must not count it (a sample seen twice would weigh twice)."""
+        return [pad for _, pad in self._rank_entries()][self.start :]
+
+    def _group_by_length(
+        self, entries: list[tuple[int, bool]], generator: torch.Generator | None
+    ) -> list[tuple[int, bool]]:
         assert self.lengths is not None and self.batch_size is not None
-        # rank r reads order[r::num_replicas], so a run of batch_size * num_replicas consecutive indices is exactly
+        # rank r reads entries[r::num_replicas], so a run of batch_size * num_replicas consecutive entries is exactly
         # the step's batches on all ranks: sort within megabatches, then move whole global batches around.
         global_batch = self.batch_size * self.num_replicas
         megabatch = global_batch * self.megabatch_mult
-        batches: list[list[int]] = []
-        for start in range(0, len(order), megabatch):
-            part = np.asarray(order[start : start + megabatch], dtype=np.int64)
-            part = part[np.argsort(-self.lengths[part], kind="stable")].tolist()
+        batches: list[list[tuple[int, bool]]] = []
+        for start in range(0, len(entries), megabatch):
+            part = entries[start : start + megabatch]
+            lengths = self.lengths[np.asarray([index for index, _ in part], dtype=np.int64)]
+            part = [part[i] for i in np.argsort(-lengths, kind="stable").tolist()]
             batches.extend(part[k : k + global_batch] for k in range(0, len(part), global_batch))
         # Only the very last batch can be short; it stays last so every other batch is complete on every rank.
         tail = [batches.pop()] if len(batches[-1]) < global_batch else []
         if generator is not None and batches:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-            longest = max(range(len(batches)), key=lambda b: int(self.lengths[batches[b][0]]))
+            longest = max(range(len(batches)), key=lambda b: int(self.lengths[batches[b][0][0]]))
             batches.insert(0, batches.pop(longest))
-        return [index for batch in batches + tail for index in batch]
+        return [entry for batch in batches + tail for entry in batch]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._rank_order()[self.start :])

@@ -29,6 +29,7 @@ from automodel.components._transformers import NeMoAutoTokenizer, resolve_model_
 from automodel.components.checkpoint import CheckpointConfig, Checkpointer
 from automodel.components.config import (
     ConfigNode,
+    ConfigValidationError,
     Section,
     apply_overrides,
     instantiate,
@@ -63,6 +64,13 @@ from automodel.components.training import (
     flops_per_token,
     mfu,
     peak_memory_gib,
+)
+from automodel.recipes._limits import (
+    check_packing_fits,
+    length_limit,
+    limit_checks,
+    model_max_positions,
+    one_per_key,
 )
 from automodel.recipes._steps import (
     build_dataloader,
@@ -126,8 +134,8 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
 
     def scalars(cfg: ConfigNode) -> list[str]:
         errors = []
-        if "seed" in cfg and not isinstance(cfg.seed, int):
-            errors.append(f"seed: expected an integer, got {cfg.seed!r}")
+        if "seed" in cfg and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32):
+            errors.append(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
         model = cfg.get("model")
         if isinstance(model, ConfigNode) and "_target_" not in model:
             errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForCausalLM.from_pretrained")
@@ -137,14 +145,19 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
             )
         return errors
 
-    return [batch_sizes, scalars]
+    # Sizes, step counts and rates in range, and no NaN anywhere (recipes/_limits.py).
+    return [batch_sizes, scalars, *limit_checks()]
 
 
 def validate(cfg: ConfigNode, world_size: int = 1) -> None:
-    """Check the whole config (keys, targets, types, batch sizes) before any data or weights are touched."""
+    """Check the whole config (keys, targets, types, batch sizes, value ranges) before any data or weights are
+    touched."""
     cfg = cfg.copy()
     cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
-    validate_config(cfg, SCHEMA, checks=_checks(world_size))
+    try:
+        validate_config(cfg, SCHEMA, checks=_checks(world_size))
+    except ConfigValidationError as error:  # one message per key: a bad value can fail several checks
+        raise ConfigValidationError(one_per_key(error.errors, SCHEMA)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,13 +199,17 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
     model.train()
     autocast = precision.autocast(dist_info.device)
-    identity = model_identity(model, model_source)
 
     # --- data --------------------------------------------------------------------------------------------------
     local_batch_size = cfg.step_scheduler.local_batch_size
     packing = instantiate(cfg.get("packed_sequence"), default_target=PackedSequenceConfig)
     flash = "flash" in str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
-    dataset = instantiate(cfg.dataset, tokenizer=tokenizer)
+    # No sample may be longer than the model's positions: checked before any row is tokenized, and a dataset
+    # without seq_length is capped there (a 10 MB row would otherwise become a multi-million-token sample).
+    max_positions = model_max_positions(model)
+    if packing.enabled:
+        check_packing_fits(packing.packed_sequence_size, max_positions)
+    dataset = instantiate(cfg.dataset, tokenizer=tokenizer, **length_limit(cfg.dataset, "dataset", max_positions))
     train_loader = build_dataloader(
         cfg.get("dataloader"),
         dataset,
@@ -203,10 +220,12 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         train=True,
         packing=packing,
         flash_attention=flash,
+        global_batch_size=cfg.step_scheduler.global_batch_size,
     )
     val_loader = None
     if "validation_dataset" in cfg:
-        val_dataset = instantiate(cfg.validation_dataset, tokenizer=tokenizer)
+        val_limit = length_limit(cfg.validation_dataset, "validation_dataset", max_positions)
+        val_dataset = instantiate(cfg.validation_dataset, tokenizer=tokenizer, **val_limit)
         val_loader = build_dataloader(
             cfg.get("validation_dataloader"),
             val_dataset,
@@ -224,6 +243,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # when it was built on the meta device). The optimizer is built right after, over the sharded parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
     train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
+    identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
     step_scheduler = instantiate(
         cfg.step_scheduler, default_target=StepScheduler, dp_size=state.dp_size, dataloader=train_loader
@@ -315,7 +335,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     with ShutdownSignal() as shutdown:
         for batches in step_scheduler:
             start = time.perf_counter()
-            stats = train_step(train_model, batches, loss_fn, autocast, state)
+            stats = train_step(train_model, batches, loss_fn, autocast, state, step=step_scheduler.step)
             grad_norm = clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))  # DTensor-aware
             optimizer.step()
             lr_scheduler.step()

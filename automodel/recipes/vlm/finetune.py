@@ -39,6 +39,7 @@ from automodel.components.checkpoint import CheckpointConfig, Checkpointer
 from automodel.components.config import (
     ConfigError,
     ConfigNode,
+    ConfigValidationError,
     Section,
     apply_overrides,
     instantiate,
@@ -72,6 +73,14 @@ from automodel.components.training import (
     flops_per_token,
     mfu,
     peak_memory_gib,
+)
+from automodel.recipes._limits import (
+    collate_lengths,
+    length_limit,
+    limit_checks,
+    model_max_positions,
+    no_nan,
+    one_per_key,
 )
 from automodel.recipes._steps import (
     build_dataloader,
@@ -171,8 +180,8 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
 
     def sections(cfg: ConfigNode) -> list[str]:
         errors = []
-        if "seed" in cfg and not isinstance(cfg.seed, int):
-            errors.append(f"seed: expected an integer, got {cfg.seed!r}")
+        if "seed" in cfg and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32):
+            errors.append(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
         model = cfg.get("model")
         if isinstance(model, ConfigNode) and "_target_" not in model:
             errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForImageTextToText.from_pretrained")
@@ -185,22 +194,28 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
                 errors.append(f"distributed.{key}: the VLM recipe supports data parallelism only (ddp, fsdp2); set 1")
         return errors
 
-    return [batch_sizes, sections]
+    # Sizes, step counts and rates in range (recipes/_limits.py); NaN and collate lengths are checked in validate(),
+    # before the collate_fn options are set aside.
+    return [batch_sizes, sections, *(check for check in limit_checks() if check is not no_nan)]
 
 
 def validate(cfg: ConfigNode, world_size: int = 1) -> None:
-    """Check the whole config (keys, targets, types, batch sizes) before any data or weights are touched."""
+    """Check the whole config (keys, targets, types, batch sizes, value ranges) before any data or weights are
+    touched."""
     cfg = cfg.copy()
     cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
     # The collate_fns are checked against what the recipe passes them (the processor), not bound as sections.
-    problems = _collate_errors(cfg)
+    problems = _collate_errors(cfg) + collate_lengths(cfg) + no_nan(cfg)
     for section in ("dataloader", "validation_dataloader"):
         if isinstance(cfg.get(section), ConfigNode):
             cfg[section].pop("collate_fn", None)
     packing = cfg.pop("packed_sequence", None)
     if isinstance(packing, ConfigNode) and packing.get("packed_sequence_size", 0):
         problems.append("packed_sequence: packing is not available for vision-language models; remove the section")
-    validate_config(cfg, SCHEMA, checks=[*_checks(world_size), lambda _: problems])
+    try:
+        validate_config(cfg, SCHEMA, checks=[*_checks(world_size), lambda _: problems])
+    except ConfigValidationError as error:  # one message per key: a bad value can fail several checks
+        raise ConfigValidationError(one_per_key(error.errors, SCHEMA)) from None
 
 
 def _with_collate(cfg: ConfigNode, section: str, processor: Any) -> ConfigNode:
@@ -211,6 +226,18 @@ def _with_collate(cfg: ConfigNode, section: str, processor: Any) -> ConfigNode:
     else:
         collate, options = _collate_target(node["collate_fn"], f"{section}.collate_fn")
     node["collate_fn"] = functools.partial(collate, processor=processor, **options)
+    return node
+
+
+def _within_positions(node: ConfigNode, section: str, max_positions: int | None) -> ConfigNode:
+    """The dataloader section with its collate_fn's max_length checked against the model's positions, and set to
+    them when the config gives none (so no sample, image tokens included, runs past them)."""
+    collate = node["collate_fn"]
+    limit = length_limit(
+        collate.keywords, f"{section}.collate_fn", max_positions, option="max_length", target=collate.func
+    )
+    if limit:
+        node["collate_fn"] = functools.partial(collate, **limit)
     return node
 
 
@@ -263,25 +290,28 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
         precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
     model.train()
     autocast = precision.autocast(dist_info.device)
-    identity = model_identity(model, model_source)
 
     # --- data --------------------------------------------------------------------------------------------------
     local_batch_size = cfg.step_scheduler.local_batch_size
     pad_token_id = processor.tokenizer.pad_token_id
+    max_positions = model_max_positions(model)  # of the language model; the collate's max_length is checked against it
     dataset = instantiate(cfg.dataset)
     train_loader = build_dataloader(
-        _with_collate(cfg, "dataloader", processor),
+        _within_positions(_with_collate(cfg, "dataloader", processor), "dataloader", max_positions),
         dataset,
         batch_size=local_batch_size,
         pad_token_id=pad_token_id,
         state=state,
         seed=seed,
         train=True,
+        global_batch_size=cfg.step_scheduler.global_batch_size,
     )
     val_loader = None
     if "validation_dataset" in cfg:
         val_loader = build_dataloader(
-            _with_collate(cfg, "validation_dataloader", processor),
+            _within_positions(
+                _with_collate(cfg, "validation_dataloader", processor), "validation_dataloader", max_positions
+            ),
             instantiate(cfg.validation_dataset),
             batch_size=local_batch_size,
             pad_token_id=pad_token_id,
@@ -294,6 +324,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # Activation checkpointing -> compile -> FSDP2 | DDP, then the optimizer over the (sharded) parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
     train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
+    identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
     step_scheduler = instantiate(
         cfg.step_scheduler, default_target=StepScheduler, dp_size=state.dp_size, dataloader=train_loader
@@ -383,7 +414,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     with ShutdownSignal() as shutdown:
         for batches in step_scheduler:
             start = time.perf_counter()
-            stats = train_step(train_model, batches, loss_fn, autocast, state)
+            stats = train_step(train_model, batches, loss_fn, autocast, state, step=step_scheduler.step)
             grad_norm = clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))  # DTensor-aware
             optimizer.step()
             lr_scheduler.step()

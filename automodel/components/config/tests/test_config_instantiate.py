@@ -125,3 +125,23 @@ def test_policy_comes_from_the_loaded_config(tmp_path, monkeypatch):
 def test_fn_key_obeys_the_allowlist():
     with pytest.raises(ConfigError, match=r"loader\.collate_fn: 'os\.system' is not in the allowlist"):
         instantiate(ConfigNode({"_target_": f"{FAKE}.make", "collate_fn": "os.system"}, path="loader"))
+
+
+def test_fn_key_holding_a_section_is_a_partial_called_per_batch():
+    # The reference system's `collate_fn: {_target_: ...default_collater, pad_seq_len_divisible: 64}`.
+    from automodel.components.config import Section, build_callable, validate_config
+
+    text = f"loader:\n  _target_: {FAKE}.make\n  collate_fn:\n    _target_: {FAKE}.Inner\n    y: 5\n"
+    cfg = load_yaml_text(text)
+    validate_config(cfg, {"loader": Section()})  # `x` (the per-call argument) is not reported missing
+    args, kwargs = instantiate(cfg.loader)
+    collate = kwargs["collate_fn"]
+    built = collate(7)
+    assert (built.x, built.y) == (7, 5)
+    assert build_callable(cfg.loader.collate_fn)(x=1).y == 5
+    assert build_callable(f"{FAKE}.make")(1) == ((1,), {})
+    bad = load_yaml_text(f"loader:\n  _target_: {FAKE}.make\n  collate_fn:\n    _target_: {FAKE}.Inner\n    z: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key"):
+        validate_config(bad, {"loader": Section()})
+    with pytest.raises(ConfigError, match=r"loader\.collate_fn: cannot call .*Inner.*unknown key\(s\) 'z'"):
+        instantiate(bad.loader)

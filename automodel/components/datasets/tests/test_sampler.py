@@ -61,3 +61,22 @@ def test_set_start_past_the_epoch_is_an_error():
 def test_more_ranks_than_samples_with_drop_last_is_an_error():
     with pytest.raises(DatasetError, match="3 samples but there are 4 data-parallel ranks"):
         ResumableSampler(3, num_replicas=4, rank=0)
+
+
+def test_padding_flags_mark_the_repeated_samples_on_every_rank():
+    # 7 samples on 2 ranks: rank 1's last index repeats sample 0 only to even out the shares; an evaluation must not
+    # count it. The flags follow the order through shuffling, grouping by length and set_start.
+    ranks = [ResumableSampler(7, shuffle=False, num_replicas=2, rank=r, drop_last=False) for r in range(2)]
+    assert [list(s) for s in ranks] == [[0, 2, 4, 6], [1, 3, 5, 0]]
+    assert [s.padding_flags() for s in ranks] == [[False] * 4, [False, False, False, True]]
+    for kwargs in ({"shuffle": True, "seed": 3}, {"shuffle": True, "group_by_length": True, "batch_size": 2}):
+        lengths = [5, 9, 1, 7, 3, 8, 2]
+        samplers = [
+            ResumableSampler(7, num_replicas=3, rank=r, drop_last=False, lengths=lengths, **kwargs) for r in range(3)
+        ]
+        real = [i for s in samplers for i, pad in zip(s, s.padding_flags(), strict=True) if not pad]
+        assert sorted(real) == list(range(7))  # every sample counted exactly once
+        assert sum(pad for s in samplers for pad in s.padding_flags()) == 2
+    sampler = ResumableSampler(7, shuffle=False, num_replicas=2, rank=1, drop_last=False)
+    sampler.set_start(2)
+    assert list(sampler) == [5, 0] and sampler.padding_flags() == [False, True]
