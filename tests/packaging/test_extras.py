@@ -1,8 +1,9 @@
 """Every `pip install 'automodel[EXTRA]'` that a message or a doc tells users to run names an extra that exists."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 
