@@ -194,6 +194,9 @@ HOSTILE_LOADER_KWARGS: dict[str, Any] = {
     "use_safetensors": False,
     "code_revision": "main",
     "local_files_only": True,
+    "use_kernels": True,
+    "attn_implementation": "evil-org/evil-kernels",
+    "kernel_config": {"kernel_mapping": {"RMSNorm": "evil-org/evil-kernels:rmsnorm"}},
 }
 
 

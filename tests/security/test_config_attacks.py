@@ -183,6 +183,19 @@ def test_trust_remote_code_needs_the_users_flag(text, path, monkeypatch):
     _validate(text)
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["use_kernels: true", "attn_implementation: kernels-community/flash-attn2", "kernel_config: {x: 1}"],
+)
+def test_hub_kernels_need_the_users_flag(line):
+    # transformers loads compiled code from a Hub repository for these (with the `kernels` package installed)
+    text = f"model:\n  _target_: automodel.NeMoAutoModelForCausalLM.from_pretrained\n  pretrained_model_name_or_path: x\n  {line}\n"
+    with pytest.raises(ConfigValidationError, match=r"model\.\w+: .*Hub.*--trust-remote-code"):
+        _validate(text)
+    _validate(text, policy=TargetPolicy(trust_remote_code=True))
+    _validate(text.replace(line, "attn_implementation: sdpa"))  # the usual values are fine
+
+
 def test_weights_only_false_is_refused_everywhere():
     text = "model:\n  _target_: transformers.AutoModelForCausalLM.from_pretrained\n  pretrained_model_name_or_path: x\n  weights_only: false\n"
     with pytest.raises(ConfigValidationError, match=r"model\.weights_only: False is refused: false unpickles"):

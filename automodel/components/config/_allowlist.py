@@ -16,7 +16,10 @@ not a licence to run code. Reference-system names (`nemo_automodel.X`) are mappe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 # Categories: what an entry builds. The audit test picks its hostile arguments per category.
 MODEL = "model"
@@ -228,13 +231,35 @@ _ALIASES: dict[str, str] = {
 ALLOWED_TARGETS: MappingProxyType[str, str] = MappingProxyType(_ALLOWED)
 TARGET_ALIASES: MappingProxyType[str, str] = MappingProxyType(_ALIASES)
 
-# Keyword arguments that make a listed loader run code or unpickle files, refused wherever they appear in a config
-# (any section, any nesting): key -> (the only value a config may give without an opt-in, why).
-# `trust_remote_code: true` is accepted with the user's `--trust-remote-code` (AUTOMODEL_TRUST_REMOTE_CODE=1).
-CODE_LOADING_KEYS: MappingProxyType[str, tuple[object, str]] = MappingProxyType(
+
+@dataclass(frozen=True)
+class CodeLoadingKey:
+    """A keyword argument of the listed loaders that makes them run code or unpickle files for some values."""
+
+    why: str
+    risky: Callable[[Any], bool]
+    user_can_allow: bool  # True: accepted with the user's --trust-remote-code; False: refused outright
+
+
+def _truthy(value: Any) -> bool:
+    return value is not None and value is not False and value != 0
+
+
+# Refused wherever they appear in a config (any section, any nesting) when `risky(value)`.
+CODE_LOADING_KEYS: MappingProxyType[str, CodeLoadingKey] = MappingProxyType(
     {
-        "trust_remote_code": (False, "runs the Python files of a model repository"),
-        "weights_only": (True, "false unpickles weight files, which can run any code"),
+        "trust_remote_code": CodeLoadingKey("runs the Python files of a model repository", _truthy, True),
+        # transformers' hub kernels: compiled code downloaded from a Hub repository (needs the `kernels` package)
+        "use_kernels": CodeLoadingKey("loads compiled kernels from the Hugging Face Hub", _truthy, True),
+        "kernel_config": CodeLoadingKey("loads compiled kernels from the Hugging Face Hub", _truthy, True),
+        "attn_implementation": CodeLoadingKey(
+            "names a Hub repository of compiled attention kernels ('org/repo')",
+            lambda value: isinstance(value, str) and "/" in value,
+            True,
+        ),
+        "weights_only": CodeLoadingKey(
+            "false unpickles weight files, which can run any code", lambda value: value is not None and not value, False
+        ),
     }
 )
 

@@ -31,19 +31,17 @@ def code_loading_problem(key: Any, value: Any, path: str, policy: TargetPolicy) 
     """Why `key: value` may not appear in a config (it would make a loader run code or unpickle), or None."""
     if not isinstance(key, str) or key not in CODE_LOADING_KEYS:
         return None
-    safe, why = CODE_LOADING_KEYS[key]
-    if value is None or value == safe:
+    rule = CODE_LOADING_KEYS[key]
+    if not rule.risky(value):
         return None
-    if key == "trust_remote_code":
+    if rule.user_can_allow:
         if policy.remote_code_trusted():
             return None
         return (
-            f"{path}: {value!r} {why}; a config cannot turn it on by itself: if you trust that repository, pass "
+            f"{path}: {value!r} {rule.why}; a config cannot turn that on by itself: if you trust that code, pass "
             f"--trust-remote-code (or set {TRUST_REMOTE_CODE_ENV}=1)"
         )
-    return (
-        f"{path}: {value!r} is refused: {why}; remove the key (safetensors and weights_only loading cover every model)"
-    )
+    return f"{path}: {value!r} is refused: {rule.why}; remove the key (safetensors and weights_only loading cover every model)"
 
 
 def section_name(node: Any, path: str = "") -> str:
