@@ -374,6 +374,18 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", repr(annotation))
 
 
+def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+    """The choices of `Literal[...]`, also inside `Literal[...] | None` (None then counts as a choice)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [_literal_choices(arg) if arg is not type(None) else (None,) for arg in typing.get_args(annotation)]
+        if all(parts) and any(p != (None,) for p in parts):
+            return tuple(c for part in parts for c in part)
+    return ()
+
+
 def _shown(node: Mapping[str, Any], key: str) -> str:
     """repr of the value as written: a `${VAR}` placeholder stays a placeholder, so an error never prints a secret."""
     raw = getattr(node, "_raw", None)
@@ -390,8 +402,8 @@ def _type_problem(value: Any, annotation: Any, default: Any, shown: str | None =
     if _matches(value, annotation) is not False:
         return None
     shown = repr(value) if shown is None else shown
-    if typing.get_origin(annotation) is typing.Literal:
-        choices = typing.get_args(annotation)
+    choices = _literal_choices(annotation)
+    if choices and isinstance(value, str):
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1) if shown == repr(value) else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{shown} is not one of {', '.join(repr(c) for c in choices)}{hint}"

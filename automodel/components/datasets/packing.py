@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from automodel.components.datasets._errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-PACK_ON_OVERFLOW_CHOICES = ("truncate", "drop")
+PackOnOverflow = Literal["truncate", "drop"]
+PACK_ON_OVERFLOW_CHOICES: tuple[str, ...] = get_args(PackOnOverflow)
 
 
 class PackedDataset(Dataset):
@@ -87,7 +88,7 @@ class PackedSequenceConfig:
     """
 
     packed_sequence_size: int = 0
-    on_overflow: str = "truncate"
+    on_overflow: PackOnOverflow = "truncate"
     split_across_pack: bool = False
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ def pack_dataset(
     packed_sequence_size: int,
     *,
     seed: int = 0,
-    on_overflow: str = "truncate",
+    on_overflow: PackOnOverflow = "truncate",
 ) -> PackedDataset:
     """Pack the samples of ``dataset`` into rows of at most ``packed_sequence_size`` tokens, never splitting a sample.
 

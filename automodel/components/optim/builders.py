@@ -17,7 +17,13 @@ from automodel.components.optim.param_groups import (
     skips_weight_decay,
     split_names,
 )
-from automodel.components.optim.scheduler import OptimError, OptimizerParamScheduler
+from automodel.components.optim.scheduler import (
+    LrDecayStyle,
+    OptimError,
+    OptimizerParamScheduler,
+    WeightDecayIncrStyle,
+    WsdDecayStyle,
+)
 from automodel.components.optim.soap import SOAP
 
 logger = logging.getLogger(__name__)
@@ -39,18 +45,18 @@ def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     total_steps: int | None,
     *,
-    lr_decay_style: str | None = None,
+    lr_decay_style: LrDecayStyle | None = None,
     lr_warmup_steps: int = 0,
     lr_warmup_init: float = 0.0,
     max_lr: float | None = None,
     min_lr: float = 0.0,
     lr_decay_steps: int | None = None,
     wsd_decay_steps: int | None = None,
-    lr_wsd_decay_style: str = "linear",
+    lr_wsd_decay_style: WsdDecayStyle = "linear",
     start_weight_decay: float | None = None,
     end_weight_decay: float | None = None,
     weight_decay_incr_steps: int | None = None,
-    weight_decay_incr_style: str = "constant",
+    weight_decay_incr_style: WeightDecayIncrStyle = "constant",
     # NeMo / Megatron spellings of the keys above (see _ALIASES).
     init_lr: float | None = None,
     lr_decay_iters: int | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -17,9 +17,13 @@ from automodel._shared.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
-WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
-WEIGHT_DECAY_INCR_STYLES = ("constant", "linear", "cosine")
+# The choices as types too, so `automodel llm validate` catches a typo before any weight loads.
+LrDecayStyle = Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"]
+WsdDecayStyle = Literal["linear", "cosine", "exponential", "minus_sqrt"]
+WeightDecayIncrStyle = Literal["constant", "linear", "cosine"]
+LR_DECAY_STYLES: tuple[str, ...] = get_args(LrDecayStyle)
+WSD_DECAY_STYLES: tuple[str, ...] = get_args(WsdDecayStyle)
+WEIGHT_DECAY_INCR_STYLES: tuple[str, ...] = get_args(WeightDecayIncrStyle)
 
 
 class OptimError(UserError):
@@ -67,13 +71,13 @@ class OptimizerParamScheduler:
         lr_warmup_steps: int = 0,
         lr_warmup_init: float = 0.0,
         lr_decay_steps: int | None = None,
-        lr_decay_style: str = "cosine",
+        lr_decay_style: LrDecayStyle = "cosine",
         wsd_decay_steps: int | None = None,
-        lr_wsd_decay_style: str = "linear",
+        lr_wsd_decay_style: WsdDecayStyle = "linear",
         start_weight_decay: float | None = None,
         end_weight_decay: float | None = None,
         weight_decay_incr_steps: int | None = None,
-        weight_decay_incr_style: str = "constant",
+        weight_decay_incr_style: WeightDecayIncrStyle = "constant",
         total_steps: int | None = None,
     ) -> None:
         if not optimizer.param_groups:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from automodel.components.datasets._errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-ON_OVERFLOW_CHOICES = ("truncate", "drop")
+OnOverflow = Literal["truncate", "drop"]  # a type too, so `validate` catches a typo before anything loads
+ON_OVERFLOW_CHOICES: tuple[str, ...] = get_args(OnOverflow)
 _TOKENIZE_CHUNK = 1000  # rows per batched tokenizer call: fast, and bounded memory for offsets
 # A text longer than (seq_length + _CUT_MARGIN) x _CHARS_PER_TOKEN characters is tokenized from that prefix only:
 # only its first seq_length tokens can be kept, and a 10 MB row would otherwise cost seconds and GBs of offsets.
@@ -132,7 +133,7 @@ def tokenize_with_spans(
     prepend_ids: Sequence[int] = (),
     append_ids: Sequence[int] = (),
     seq_length: int | None,
-    on_overflow: str,
+    on_overflow: OnOverflow,
     name: str,
     where: str,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:

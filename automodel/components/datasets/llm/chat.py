@@ -7,6 +7,7 @@ from typing import Any
 from automodel.components.datasets._errors import DatasetError
 from automodel.components.datasets.llm._io import load_rows, require_columns
 from automodel.components.datasets.llm._tokenize import (
+    OnOverflow,
     check_length_options,
     has_chat_template,
     render_conversation,
@@ -70,7 +71,7 @@ def make_chat_dataset(
     split: str = "train",
     messages_column: str = "messages",
     seq_length: int | None = None,
-    on_overflow: str = "truncate",
+    on_overflow: OnOverflow = "truncate",
     limit_dataset_samples: int | None = None,
 ) -> SFTDataset:
     """Tokenize conversations with the tokenizer's chat template; loss on all assistant turns and their end-of-turn.

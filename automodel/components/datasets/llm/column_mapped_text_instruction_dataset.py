@@ -8,7 +8,7 @@ from typing import Any
 from automodel.components.datasets._errors import DatasetError
 from automodel.components.datasets.llm._io import load_rows, require_columns
 from automodel.components.datasets.llm._qa import tokenize_qa
-from automodel.components.datasets.llm._tokenize import check_length_options, resolve_use_chat_template
+from automodel.components.datasets.llm._tokenize import OnOverflow, check_length_options, resolve_use_chat_template
 from automodel.components.datasets.llm.sft import SFTDataset
 
 _ROLES = ("context", "question", "answer")
@@ -61,7 +61,7 @@ class ColumnMappedTextInstructionDataset(SFTDataset):
         answer_only_loss_mask: bool = True,
         seq_length: int | None = None,
         use_chat_template: bool | None = None,
-        on_overflow: str = "truncate",
+        on_overflow: OnOverflow = "truncate",
         limit_dataset_samples: int | None = None,
         use_hf_chat_template: bool | None = None,
     ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from automodel.components.datasets._errors import DatasetError
 from automodel.components.datasets.llm._io import load_rows, require_columns
 from automodel.components.datasets.llm._qa import tokenize_qa
-from automodel.components.datasets.llm._tokenize import check_length_options, resolve_use_chat_template
+from automodel.components.datasets.llm._tokenize import OnOverflow, check_length_options, resolve_use_chat_template
 from automodel.components.datasets.llm.sft import SFTDataset
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def make_squad_dataset(
     seq_length: int | None = None,
     limit_dataset_samples: int | None = None,
     use_chat_template: bool | None = None,
-    on_overflow: str = "truncate",
+    on_overflow: OnOverflow = "truncate",
     start_of_turn_token: str | None = None,
     fp8: bool = False,
 ) -> SFTDataset:

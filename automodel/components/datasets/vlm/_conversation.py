@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from automodel.components.datasets.vlm._images import (
     ImageLoadError,
+    OnBadImage,
     VLMDataError,
     check_on_bad_image,
     load_image,
@@ -131,7 +132,7 @@ class VLMConversationDataset(Dataset):
         *,
         where: str,
         image_root: str | Path | None = None,
-        on_bad_image: str = "error",
+        on_bad_image: OnBadImage = "error",
         check_rows: bool = True,
     ) -> None:
         check_on_bad_image(on_bad_image)

@@ -12,13 +12,14 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from automodel.components.datasets._errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-ON_BAD_IMAGE_CHOICES = ("error", "skip")
+OnBadImage = Literal["error", "skip"]
+ON_BAD_IMAGE_CHOICES: tuple[str, ...] = get_args(OnBadImage)
 
 
 class VLMDataError(DatasetError):

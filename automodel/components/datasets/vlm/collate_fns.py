@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from automodel.components.datasets.vlm._images import VLMDataError, load_image
 
 logger = logging.getLogger(__name__)
 
-ON_OVERFLOW_CHOICES = ("truncate", "drop")
+OnOverflow = Literal["truncate", "drop"]
+ON_OVERFLOW_CHOICES: tuple[str, ...] = get_args(OnOverflow)
 _TEXT_ONLY_OUTPUTS = ("offset_mapping", "text_replacement_offsets")
 
 Span = tuple[int, int]
@@ -132,7 +133,7 @@ def default_collate_fn(
     examples: Sequence[dict[str, Any]],
     processor: Any,
     max_length: int | None = None,
-    on_overflow: str = "truncate",
+    on_overflow: OnOverflow = "truncate",
 ) -> dict[str, torch.Tensor]:
     """Batch ``{"conversation", "row"}`` samples into model inputs plus ``labels`` (already shifted).
 

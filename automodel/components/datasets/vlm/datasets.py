@@ -16,11 +16,11 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from automodel.components.datasets.llm._io import _bound, load_rows, parse_split
 from automodel.components.datasets.vlm._conversation import VLMConversationDataset, normalize_messages
-from automodel.components.datasets.vlm._images import VLMDataError
+from automodel.components.datasets.vlm._images import OnBadImage, VLMDataError
 
 _JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -136,7 +136,7 @@ def make_conversation_dataset(
     messages_column: str = "messages",
     images_column: str | None = "images",
     image_root: str | None = None,
-    on_bad_image: str = "error",
+    on_bad_image: OnBadImage = "error",
     limit_dataset_samples: int | None = None,
 ) -> VLMConversationDataset:
     """OpenAI-style conversations with image parts, e.g. one JSONL line per sample::
@@ -196,7 +196,7 @@ def make_image_qa_dataset(
     question: str | None = None,
     system_prompt: str | None = None,
     image_root: str | None = None,
-    on_bad_image: str = "error",
+    on_bad_image: OnBadImage = "error",
     limit_dataset_samples: int | None = None,
 ) -> VLMConversationDataset:
     """One image, a question and its answer per row (a Hub dataset with an image column, or JSONL with paths).
@@ -259,7 +259,8 @@ def json_to_tokens(value: Any, sort_keys: bool = True) -> str:
     return str(value)
 
 
-TARGET_FORMATS = ("tokens", "json")
+TargetFormat = Literal["tokens", "json"]
+TARGET_FORMATS: tuple[str, ...] = get_args(TargetFormat)
 
 
 def _cord_row(row: dict[str, Any], number: int, *, prompt: str, target_format: str, where: str) -> list[dict[str, Any]]:
@@ -283,9 +284,9 @@ def make_cord_v2_dataset(
     path_or_dataset: Any = "naver-clova-ix/cord-v2",
     split: str = "train",
     prompt: str = "Describe this image.",
-    target_format: str = "tokens",
+    target_format: TargetFormat = "tokens",
     image_root: str | None = None,
-    on_bad_image: str = "error",
+    on_bad_image: OnBadImage = "error",
     limit_dataset_samples: int | None = None,
 ) -> VLMConversationDataset:
     """CORD-v2 receipts: the image, and its parse (``ground_truth``'s ``gt_parse``) as the answer.
