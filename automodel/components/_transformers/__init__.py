@@ -1,7 +1,7 @@
 """Model and tokenizer loading for Hugging Face models: local folders, Hub ids and GGUF files (converted once and
 cached), vision-language models and their processors, plus the offline default model SmolLM2-135M-Instruct."""
 
-from automodel.components._transformers._auto import NeMoAutoModelForCausalLM, NeMoAutoTokenizer
+from automodel.components._transformers._auto import NeMoAutoModelForCausalLM, NeMoAutoTokenizer, meta_weights_path
 from automodel.components._transformers._errors import ModelLoadError
 from automodel.components._transformers._gguf import convert_gguf_to_hf
 from automodel.components._transformers._paths import resolve_model_path
@@ -28,6 +28,7 @@ __all__ = [
     "VLMParts",
     "apply_freeze_config",
     "check_processor_matches_model",
+    "meta_weights_path",
     "convert_gguf_to_hf",
     "non_language_modules",
     "prepare_smollm2",

@@ -147,8 +147,8 @@ class NeMoAutoModelForCausalLM:
 
         `kwargs` go to `transformers.AutoModelForCausalLM.from_pretrained` (revision, token, device_map...).
         `init_device="meta"` builds the model from its config on the meta device without reading any weight, and
-        records the safetensors folder in `model.automodel_weights_path` (a hub id resolves to its local snapshot):
-        the distributed component's `parallelize_model` then loads only each rank's shards.
+        records the safetensors folder (`meta_weights_path(model)`; a hub id resolves to its local snapshot): the
+        distributed component's `parallelize_model(..., weights_path=...)` then loads only each rank's shards.
         """
         from transformers import AutoModelForCausalLM
 
@@ -220,8 +220,16 @@ class NeMoAutoModelForCausalLM:
         return model
 
 
-# Where a model built on the meta device finds its weights; the distributed component's loader reads it.
+# Where a model built on the meta device finds its weights: `meta_weights_path(model)`, which the recipe passes to
+# the distributed component's loader.
 WEIGHTS_PATH_ATTR = "automodel_weights_path"
+
+
+def meta_weights_path(model: Any) -> str | None:
+    """The safetensors folder of a model built with `init_device="meta"` (a hub id resolved to its snapshot)."""
+    return getattr(model, WEIGHTS_PATH_ATTR, None)
+
+
 _HUB_DOWNLOAD_OPTIONS = ("revision", "token", "cache_dir", "force_download", "local_files_only")
 
 

@@ -1,7 +1,7 @@
 """Materialise a model built on the meta device: every rank reads only what it keeps from the safetensors files.
 
-The model loader (`NeMoAutoModelForCausalLM.from_pretrained(..., init_device="meta")`) records the weights folder in
-`model.automodel_weights_path`. After parallelisation each parameter is a DTensor (FSDP2 / TP) or a plain tensor;
+The caller passes the safetensors folder (the model loader, `NeMoAutoModelForCausalLM.from_pretrained(...,
+init_device="meta")`, knows it: `automodel.components._transformers.meta_weights_path(model)`). After parallelisation each parameter is a DTensor (FSDP2 / TP) or a plain tensor;
 each rank reads one tensor at a time and keeps its local shard (`distribute_tensor(..., src_data_rank=None)` slices
 locally, no communication), so a model larger than one rank's memory can be loaded.
 """
@@ -22,7 +22,6 @@ from automodel.components.distributed.config import DistributedError
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_PATH_ATTR = "automodel_weights_path"
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
 
@@ -35,9 +34,8 @@ def load_model_weights_sharded(
     model: nn.Module, device: torch.device | str | None = None, path: str | os.PathLike | None = None
 ) -> None:
     """Allocate `model` (built on the meta device, possibly parallelised) on `device` and load its weights from the
-    safetensors folder `path` (default: where the loader recorded it), keeping only this rank's shards."""
-    recorded = getattr(model, WEIGHTS_PATH_ATTR, None) or getattr(getattr(model, "config", None), "_name_or_path", "")
-    folder = Path(path or recorded)
+    safetensors folder `path` (default: the model's `name_or_path`), keeping only this rank's shards."""
+    folder = Path(path or getattr(model, "name_or_path", "") or "")
     rebuilders = _buffer_rebuilders(model)  # first: refuse unknown buffers before reading or allocating anything
     key_to_file = _checkpoint_files(folder)
     device = torch.device(device) if device is not None else torch.device("cpu")

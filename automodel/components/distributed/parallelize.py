@@ -36,10 +36,12 @@ def parallelize_model(
     compile_config: CompileConfig | None = None,
     *,
     state: ParallelState | None = None,
+    weights_path: str | None = None,
 ) -> nn.Module:
     """Return the module to train. FSDP2 and TP change `model` in place and return it; DDP and Megatron-FSDP return
-    a wrapper whose parameters are `model`'s. A model built on the meta device gets its weights loaded here, at the
-    point where each rank can read only its shards (after TP/FSDP2, before DDP / Megatron-FSDP, which need them).
+    a wrapper whose parameters are `model`'s. A model built on the meta device gets its weights loaded here, from the
+    safetensors folder `weights_path` (default: the model's `name_or_path`), at the point where each rank can read
+    only its shards (after TP/FSDP2, before DDP / Megatron-FSDP, which need them).
 
     A single process never wraps anything: it only gets checkpointing and compile.
     """
@@ -91,7 +93,7 @@ def parallelize_model(
 
     if on_meta:
         # After TP / FSDP2 each rank reads only its shards; DDP and Megatron-FSDP need the whole model first.
-        load_model_weights_sharded(model, dist_info.device)
+        load_model_weights_sharded(model, dist_info.device, weights_path)
     else:
         # Moved last, so FSDP2 / TP moved only this rank's shards to the device, never the whole model.
         model.to(dist_info.device)

@@ -25,7 +25,7 @@ from transformers import AutoConfig
 
 from automodel._shared.errors import UserError, exit_on_user_error
 from automodel.components._peft import PeftConfig, apply_peft, write_adapter_dir
-from automodel.components._transformers import NeMoAutoTokenizer, resolve_model_path
+from automodel.components._transformers import NeMoAutoTokenizer, meta_weights_path, resolve_model_path
 from automodel.components.checkpoint import CheckpointConfig, Checkpointer
 from automodel.components.config import (
     ConfigNode,
@@ -242,7 +242,9 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # TP -> activation checkpointing -> compile -> FSDP2 | DDP; moves the model to the device (loading its shards
     # when it was built on the meta device). The optimizer is built right after, over the sharded parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
-    train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
+    train_model = parallelize_model(
+        model, dist_info, distributed, compile_config, state=state, weights_path=meta_weights_path(model)
+    )
     identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
     step_scheduler = instantiate(

@@ -32,6 +32,7 @@ from automodel.components._transformers import (
     NeMoAutoProcessor,
     apply_freeze_config,
     check_processor_matches_model,
+    meta_weights_path,
     non_language_modules,
     resolve_model_path,
 )
@@ -323,7 +324,9 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------
     # Activation checkpointing -> compile -> FSDP2 | DDP, then the optimizer over the (sharded) parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
-    train_model = parallelize_model(model, dist_info, distributed, compile_config, state=state)
+    train_model = parallelize_model(
+        model, dist_info, distributed, compile_config, state=state, weights_path=meta_weights_path(model)
+    )
     identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
     step_scheduler = instantiate(

@@ -126,9 +126,8 @@ def meta_load(out: Path, single_file: str, sharded: str) -> None:
     for name, (kwargs, folder) in cases.items():
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), attn_implementation="sdpa")
-        model.automodel_weights_path = folder  # what NeMoAutoModelForCausalLM.from_pretrained(init_device="meta") sets
         config = DistributedConfig(**kwargs)
-        train_model = parallelize_model(model, info, config)
+        train_model = parallelize_model(model, info, config, weights_path=folder)
         local = {n: p.to_local().numel() if hasattr(p, "to_local") else p.numel() for n, p in model.named_parameters()}
         results[name] = {
             "logits": logits_of(train_model),

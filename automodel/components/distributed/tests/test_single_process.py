@@ -32,7 +32,7 @@ def meta_model(folder: Path, model_type: str = "llama") -> torch.nn.Module:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="sdpa")
-    model.automodel_weights_path = str(folder)
+    model.name_or_path = str(folder)  # where the weights are (a loader passes weights_path explicitly)
     return model
 
 
