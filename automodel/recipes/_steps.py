@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 
 from automodel._shared.errors import UserError
@@ -25,7 +24,13 @@ from automodel.components.checkpoint import frozen_fingerprint
 from automodel.components.config import ConfigNode, build_callable, instantiate, node_policy
 from automodel.components.datasets import PackedSequenceConfig, ResumableSampler, pack_dataset, packed_collater
 from automodel.components.datasets.utils import default_collater
-from automodel.components.distributed import ParallelState, context_parallel_batch, no_sync
+from automodel.components.distributed import (
+    ParallelState,
+    context_parallel_batch,
+    full_output_weight,
+    model_class_name,
+    no_sync,
+)
 from automodel.recipes._limits import check_dataset_fits, check_loader_yields
 
 logger = logging.getLogger(__name__)
@@ -153,34 +158,11 @@ def forward_loss(
         # chunk at a time); logits_to_keep=1 stops the model from computing logits for every position first.
         with autocast:
             out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-            weight, reshard = _output_weight(model)
-            loss = loss_fn(out.hidden_states[-1], batch["labels"], weight, num_label_tokens)
-        if reshard is not None:
-            reshard()
-        return loss
+            with full_output_weight(model) as weight:
+                return loss_fn(out.hidden_states[-1], batch["labels"], weight, num_label_tokens)
     with autocast:
         logits = model(**inputs, use_cache=False).logits
     return loss_fn(logits, batch["labels"], num_label_tokens=num_label_tokens)
-
-
-def _output_weight(model: torch.nn.Module) -> tuple[torch.Tensor, Callable[[], None] | None]:
-    """The output projection's weight, read after the forward, and what to call once the loss is computed.
-
-    In training FSDP2 keeps the root (lm_head included) unsharded from forward to backward; after a no-grad forward
-    it has already resharded, so the weight is gathered again for the loss and released after it.
-    """
-    for attr in ("module", "_orig_mod"):  # DDP, torch.compile wrappers
-        model = getattr(model, attr, model)
-    weight = model.get_output_embeddings().weight
-    if hasattr(weight, "full_tensor") and isinstance(model, FSDPModule) and not torch.is_grad_enabled():
-        model.unshard()
-        return model.get_output_embeddings().weight, model.reshard
-    if hasattr(weight, "full_tensor"):
-        raise UserError(
-            "loss_fn: FusedLinearCrossEntropy needs the whole output projection, but it is sharded here (tensor "
-            "parallel lm_head); use automodel.components.loss.masked_ce.MaskedCrossEntropy with tp_size > 1"
-        )
-    return weight, None
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -293,18 +275,13 @@ def setup_logging(rank: int) -> None:
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
-def _architecture(model: torch.nn.Module) -> str:
-    # FSDP2's fully_shard swaps the class for a generated `FSDP<Name>` subclass: name the model's own class.
-    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule)).__name__
-
-
 def model_identity(model: torch.nn.Module, source: str | None) -> dict:
     """What a checkpoint records of the model, and a resume compares: the structure, and a fingerprint of the frozen
     (base) weights, so a LoRA adapter is never resumed onto another base model of the same shape. Call it once the
     weights are loaded (after parallelize_model for meta-device init); collective under FSDP2 / TP."""
     config = getattr(model, "config", None)
     return {
-        "architecture": _architecture(model),
+        "architecture": model_class_name(model),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": getattr(config, "vocab_size", None),
         "name_or_path": source,

@@ -225,6 +225,11 @@ class NeMoAutoModelForCausalLM:
 WEIGHTS_PATH_ATTR = "automodel_weights_path"
 
 
+def uses_flash_attention(model: Any) -> bool:
+    """Whether the model runs a flash-attention kernel (packed batches then need its varlen boundaries)."""
+    return "flash" in str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+
+
 def meta_weights_path(model: Any) -> str | None:
     """The safetensors folder of a model built with `init_device="meta"` (a hub id resolved to its snapshot)."""
     return getattr(model, WEIGHTS_PATH_ATTR, None)

@@ -21,7 +21,13 @@ from automodel.components.distributed.init_utils import (
     initialize_distributed,
 )
 from automodel.components.distributed.megatron_fsdp import MegatronFSDPManager, shard_optimizer
-from automodel.components.distributed.parallelize import no_sync, parallelize_model
+from automodel.components.distributed.parallelize import (
+    full_output_weight,
+    model_class_name,
+    no_sync,
+    parallelize_model,
+    unwrap,
+)
 
 __all__ = [
     "CompileConfig",
@@ -38,10 +44,13 @@ __all__ = [
     "clip_grad_norm_",
     "context_parallel_batch",
     "destroy_distributed",
+    "full_output_weight",
     "initialize_distributed",
     "load_model_weights_sharded",
+    "model_class_name",
     "no_sync",
     "parallelize_model",
     "shard_optimizer",
+    "unwrap",
     "validate_for_model",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -37,11 +37,16 @@ def parallelize_model(
     *,
     state: ParallelState | None = None,
     weights_path: str | None = None,
+    cast_frozen_weights: Callable[[nn.Module], object] | None = None,
 ) -> nn.Module:
     """Return the module to train. FSDP2 and TP change `model` in place and return it; DDP and Megatron-FSDP return
     a wrapper whose parameters are `model`'s. A model built on the meta device gets its weights loaded here, from the
     safetensors folder `weights_path` (default: the model's `name_or_path`), at the point where each rank can read
     only its shards (after TP/FSDP2, before DDP / Megatron-FSDP, which need them).
+
+    `cast_frozen_weights(model)` (e.g. `MixedPrecisionConfig.cast_frozen_linear_weights`) stores frozen weights in
+    the compute dtype where the strategy allows it: one process or DDP, not FSDP2 / TP, which want one dtype per
+    parameter group.
 
     A single process never wraps anything: it only gets checkpointing and compile.
     """
@@ -51,6 +56,8 @@ def parallelize_model(
     layers = _decoder_layers(model)
     distributed = dist_info.world_size > 1
     compile_config = compile_config if compile_config is not None and compile_config.enabled else None
+    if cast_frozen_weights is not None and (not distributed or config.strategy == "ddp"):
+        cast_frozen_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy under autocast
 
     if distributed and not on_meta and config.strategy != "ddp":
         # Every rank must start from rank 0's weights (DDP does this itself; FSDP2 and TP would otherwise keep
@@ -114,6 +121,43 @@ def parallelize_model(
     if compile_config is not None and not (compile_config.per_layer and layers is not None):
         wrapped = _compile_whole(wrapped, compile_config)  # whole-model compile sees the final wrapper
     return wrapped
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP and torch.compile wrappers (FSDP2 and TP change the model in place)."""
+    for attr in ("module", "_orig_mod"):  # DDP / Megatron-FSDP, torch.compile
+        model = getattr(model, attr, model)
+    return model
+
+
+@contextlib.contextmanager
+def full_output_weight(model: nn.Module) -> Iterator[torch.Tensor]:
+    """The output projection's whole weight, for a loss that projects hidden states itself (fused linear CE).
+
+    Read it after the forward. In training FSDP2 keeps the root (lm_head included) unsharded from forward to
+    backward; after a no-grad forward it has already resharded, so the weight is gathered again here and released
+    when the block ends. A tensor-parallel (sharded) output projection is refused.
+    """
+    model = unwrap(model)
+    weight = model.get_output_embeddings().weight
+    if hasattr(weight, "full_tensor") and isinstance(model, FSDPModule) and not torch.is_grad_enabled():
+        model.unshard()
+        try:
+            yield model.get_output_embeddings().weight
+        finally:
+            model.reshard()
+        return
+    if hasattr(weight, "full_tensor"):
+        raise DistributedError(
+            "loss_fn: FusedLinearCrossEntropy needs the whole output projection, but it is sharded here (tensor "
+            "parallel lm_head); use automodel.components.loss.masked_ce.MaskedCrossEntropy with tp_size > 1"
+        )
+    yield weight
+
+
+def model_class_name(model: nn.Module) -> str:
+    """The model's own class name: FSDP2's fully_shard swaps the class for a generated `FSDP<Name>` subclass."""
+    return next(cls for cls in type(unwrap(model)).__mro__ if not issubclass(cls, FSDPModule)).__name__
 
 
 @contextlib.contextmanager

@@ -25,7 +25,12 @@ from transformers import AutoConfig
 
 from automodel._shared.errors import UserError, exit_on_user_error
 from automodel.components._peft import PeftConfig, apply_peft, write_adapter_dir
-from automodel.components._transformers import NeMoAutoTokenizer, meta_weights_path, resolve_model_path
+from automodel.components._transformers import (
+    NeMoAutoTokenizer,
+    meta_weights_path,
+    resolve_model_path,
+    uses_flash_attention,
+)
 from automodel.components.checkpoint import CheckpointConfig, Checkpointer
 from automodel.components.config import (
     ConfigNode,
@@ -195,15 +200,13 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     if "peft" in cfg:  # LoRA / DoRA: freeze the base, patch the target linears (before sharding and the optimizer)
         peft_config, _ = apply_peft(model, instantiate(cfg.peft, default_target=PeftConfig))
     precision.check(model, dist_info.device)
-    if dist_info.world_size == 1 or distributed.strategy == "ddp":  # FSDP2 wants one dtype per parameter group
-        precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
     model.train()
     autocast = precision.autocast(dist_info.device)
 
     # --- data --------------------------------------------------------------------------------------------------
     local_batch_size = cfg.step_scheduler.local_batch_size
     packing = instantiate(cfg.get("packed_sequence"), default_target=PackedSequenceConfig)
-    flash = "flash" in str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
+    flash = uses_flash_attention(model)
     # No sample may be longer than the model's positions: checked before any row is tokenized, and a dataset
     # without seq_length is capped there (a 10 MB row would otherwise become a multi-million-token sample).
     max_positions = model_max_positions(model)
@@ -243,7 +246,13 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # when it was built on the meta device). The optimizer is built right after, over the sharded parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
     train_model = parallelize_model(
-        model, dist_info, distributed, compile_config, state=state, weights_path=meta_weights_path(model)
+        model,
+        dist_info,
+        distributed,
+        compile_config,
+        state=state,
+        weights_path=meta_weights_path(model),
+        cast_frozen_weights=precision.cast_frozen_linear_weights,  # frozen base weights stored in bf16 where it can
     )
     identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)

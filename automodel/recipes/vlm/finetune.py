@@ -287,8 +287,6 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     elif "freeze_config" in cfg:
         apply_freeze_config(model, instantiate(cfg.freeze_config, default_target=FreezeConfig))
     precision.check(model, dist_info.device)
-    if dist_info.world_size == 1 or distributed.strategy == "ddp":  # FSDP2 wants one dtype per parameter group
-        precision.cast_frozen_linear_weights(model)  # frozen base weights: no per-step fp32 -> bf16 copy
     model.train()
     autocast = precision.autocast(dist_info.device)
 
@@ -325,7 +323,13 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     # Activation checkpointing -> compile -> FSDP2 | DDP, then the optimizer over the (sharded) parameters.
     compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
     train_model = parallelize_model(
-        model, dist_info, distributed, compile_config, state=state, weights_path=meta_weights_path(model)
+        model,
+        dist_info,
+        distributed,
+        compile_config,
+        state=state,
+        weights_path=meta_weights_path(model),
+        cast_frozen_weights=precision.cast_frozen_linear_weights,  # frozen base weights stored in bf16 where it can
     )
     identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
     loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
