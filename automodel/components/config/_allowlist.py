@@ -7,7 +7,7 @@ Security review lives here, in one place (docs/security.md explains the threat m
 - called with any arguments a YAML file can express (numbers, strings, lists, mappings, other listed callables), it
   neither runs code from a file nor unpickles one, and it writes no file at a path the config chooses. The keyword
   arguments that would break this on the listed loaders (`trust_remote_code: true`, `weights_only: false`, ...) are
-  refused wherever they appear (see `CODE_LOADING_KEYS`); `automodel/components/config/tests/test_allowlist_audit.py`
+  refused wherever they appear (see `CODE_LOADING_KEYS`); `tests/security/test_allowlist_audit.py`
   calls every entry with hostile arguments under a Python audit hook to check all of it.
 
 Anything else needs the user's explicit `--allow-target NAME` (or `AUTOMODEL_ALLOWED_TARGETS=NAME`): a YAML file is

@@ -1,6 +1,6 @@
 """Fine-tune a Hugging Face vision-language model (image-text-to-text, SFT or LoRA) from one YAML file.
 
-    automodel vlm finetune -c examples/vlm/smolvlm_demo_shapes.yaml [--step_scheduler.max_steps 20 ...]
+    automodel vlm finetune -c examples/vlm/smolvlm_shapes_demo.yaml [--step_scheduler.max_steps 20 ...]
     python automodel/recipes/vlm/finetune.py -c CONFIG [--dotted.key value ...]
     torchrun --nproc-per-node 2 automodel/recipes/vlm/finetune.py -c CONFIG
 
