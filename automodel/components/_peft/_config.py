@@ -66,8 +66,10 @@ class PeftConfig:
 
     ``adapter_path`` starts from an existing HF PEFT adapter folder (made by PEFT or by us): its own
     ``adapter_config.json`` then decides the targets, rank and alpha, and its weights are loaded before training.
-    A single string is one pattern (``target_modules: '*_proj'``); with no target at all, ``'*_proj'`` (as in the
-    reference system).
+    A single string is one pattern (``target_modules: '*_proj'``); with no target at all, ``'*_proj'``, and with
+    only ``exclude_modules``, every linear layer but those (both as in the reference system).
+    ``use_triton`` is accepted for the reference system's configs: its Triton kernel computes the same LoRA
+    update as our PyTorch one, so it changes nothing here.
     """
 
     target_modules: list[str] | str = field(default_factory=list)
@@ -82,6 +84,7 @@ class PeftConfig:
     use_rslora: bool = False
     lora_dtype: str | None = None
     adapter_path: str | None = None
+    use_triton: bool = False
 
     def __post_init__(self) -> None:
         self.target_modules = _as_pattern_list("target_modules", self.target_modules)
@@ -102,12 +105,27 @@ class PeftConfig:
                 f"peft.lora_A_init={self.lora_A_init!r} is not supported; choose one of {list(LORA_A_INITS)}"
             )
         parse_lora_dtype(self.lora_dtype)
-        if not self.target_modules and not self.match_all_linear and self.adapter_path is None:
-            self.target_modules = list(DEFAULT_TARGET_MODULES)
-            logger.info(
-                "peft: no target_modules given; adapting every linear layer named '*_proj' (set target_modules or "
-                "match_all_linear: true to choose)"
+        if not isinstance(self.use_triton, bool):
+            raise PeftError(f"peft.use_triton must be true or false, got {self.use_triton!r}")
+        if self.use_triton:
+            logger.warning(
+                "peft.use_triton is ignored: there is no Triton LoRA kernel here; the PyTorch LoRA computes the "
+                "same result"
             )
+        if not self.target_modules and not self.match_all_linear and self.adapter_path is None:
+            if self.exclude_modules:  # the reference system's rule: every linear layer except the excluded ones
+                self.match_all_linear = True
+                logger.info(
+                    "peft: exclude_modules without target_modules: adapting every linear layer except %s (the "
+                    "output head only when named in target_modules)",
+                    self.exclude_modules,
+                )
+            else:
+                self.target_modules = list(DEFAULT_TARGET_MODULES)
+                logger.info(
+                    "peft: no target_modules given; adapting every linear layer named '*_proj' (set target_modules "
+                    "or match_all_linear: true to choose)"
+                )
 
     @property
     def scale(self) -> float:

@@ -84,7 +84,6 @@ _ALLOWED: dict[str, str] = {
     **_entries(
         PROCESSOR,
         "automodel.NeMoAutoProcessor.from_pretrained",
-        "transformers.AutoProcessor.from_pretrained",
     ),
     # --- datasets: our builders read data files (json/jsonl/parquet/csv, images) or Hub datasets, never code -----------
     **_entries(
@@ -210,6 +209,13 @@ _ALIASES: dict[str, str] = {
     # the reference system's other module paths for the same objects
     "automodel._transformers.auto_tokenizer.NeMoAutoTokenizer.from_pretrained": (
         "automodel.NeMoAutoTokenizer.from_pretrained"
+    ),
+    # the reference system's VLM configs name transformers' loader: ours builds the same processor, with an
+    # images-only fallback where the video processor cannot be built (no torchvision) instead of an ImportError
+    "transformers.AutoProcessor.from_pretrained": "automodel.NeMoAutoProcessor.from_pretrained",
+    # the reference system's Qwen2.5-VL collate: our default one handles Qwen2.5-VL (tested family)
+    "automodel.components.datasets.vlm.collate_fns.qwen2_5_collate_fn": (
+        f"{_C}.datasets.vlm.collate_fns.default_collate_fn"
     ),
     # the reference system's collater for packed (THD) rows: ours is packed_collater
     "automodel.components.datasets.utils.packed_sequence_thd_collater": f"{_C}.datasets.packing.packed_collater",

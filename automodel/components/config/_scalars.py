@@ -11,8 +11,9 @@ from typing import Any
 from automodel._shared.redact import register_env_value
 from automodel.components.config._errors import ConfigError
 
-# `${VAR}` or `${VAR,default}`; the default runs to the first `}` (so it cannot itself contain one).
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+# `${VAR}` or `${VAR,default}`; the default runs to the first `}` (so it cannot itself contain one). The reference
+# system's configs spell the same thing the OmegaConf way, `${oc.env:VAR}` / `${oc.env:VAR,default}`.
+PLACEHOLDER = re.compile(r"\$\{(?:oc\.env:)?([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
 
 _NONE_WORDS = {"none", "null", "~"}
 _BOOL_WORDS = {"true": True, "false": False}

@@ -77,6 +77,7 @@ from automodel.recipes._limits import (
     model_max_positions,
     one_per_key,
 )
+from automodel.recipes._reference import reference_forms
 from automodel.recipes._steps import (
     build_dataloader,
     evaluate,
@@ -154,15 +155,17 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
     return [batch_sizes, scalars, *limit_checks()]
 
 
-def validate(cfg: ConfigNode, world_size: int = 1) -> None:
+def validate(cfg: ConfigNode, world_size: int = 1) -> ConfigNode:
     """Check the whole config (keys, targets, types, batch sizes, value ranges) before any data or weights are
-    touched."""
-    cfg = cfg.copy()
-    cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
+    touched; return it with the reference system's spellings rewritten to ours (recipes/_reference.py)."""
+    cfg, refused = reference_forms(cfg, text_tokenizer=True)
+    checked = cfg.copy()
+    checked.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
     try:
-        validate_config(cfg, SCHEMA, checks=_checks(world_size))
+        validate_config(checked, SCHEMA, checks=[*_checks(world_size), lambda _: refused])
     except ConfigValidationError as error:  # one message per key: a bad value can fail several checks
         raise ConfigValidationError(one_per_key(error.errors, SCHEMA)) from None
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,7 +175,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses, and
     the trained model)."""
     # --- validation, distributed, logging, seed ----------------------------------------------------------------
-    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    cfg = validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
     dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
     setup_logging(dist_info.rank)
@@ -402,6 +405,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
 def preview(cfg: ConfigNode, *, split: str = "train", num_samples: int = 2, color: bool = True) -> list[str]:
     """Render the first samples of the train (or validation) dataset with the tokens that carry loss highlighted."""
     setup_logging(0)
+    cfg, _ = reference_forms(cfg, text_tokenizer=True)  # validated by the caller
     section = "dataset" if split == "train" else "validation_dataset"
     if section not in cfg:
         raise UserError(f"{section}: the config has no such section to preview")

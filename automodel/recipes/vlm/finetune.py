@@ -83,6 +83,7 @@ from automodel.recipes._limits import (
     no_nan,
     one_per_key,
 )
+from automodel.recipes._reference import reference_forms
 from automodel.recipes._steps import (
     build_dataloader,
     evaluate,
@@ -200,13 +201,14 @@ def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
     return [batch_sizes, sections, *(check for check in limit_checks() if check is not no_nan)]
 
 
-def validate(cfg: ConfigNode, world_size: int = 1) -> None:
+def validate(cfg: ConfigNode, world_size: int = 1) -> ConfigNode:
     """Check the whole config (keys, targets, types, batch sizes, value ranges) before any data or weights are
-    touched."""
-    cfg = cfg.copy()
+    touched; return it with the reference system's spellings rewritten to ours (recipes/_reference.py)."""
+    normalized, refused = reference_forms(cfg, text_tokenizer=False)
+    cfg = normalized.copy()
     cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
     # The collate_fns are checked against what the recipe passes them (the processor), not bound as sections.
-    problems = _collate_errors(cfg) + collate_lengths(cfg) + no_nan(cfg)
+    problems = refused + _collate_errors(cfg) + collate_lengths(cfg) + no_nan(cfg)
     for section in ("dataloader", "validation_dataloader"):
         if isinstance(cfg.get(section), ConfigNode):
             cfg[section].pop("collate_fn", None)
@@ -217,6 +219,7 @@ def validate(cfg: ConfigNode, world_size: int = 1) -> None:
         validate_config(cfg, SCHEMA, checks=[*_checks(world_size), lambda _: problems])
     except ConfigValidationError as error:  # one message per key: a bad value can fail several checks
         raise ConfigValidationError(one_per_key(error.errors, SCHEMA)) from None
+    return normalized
 
 
 def _with_collate(cfg: ConfigNode, section: str, processor: Any) -> ConfigNode:
@@ -257,7 +260,7 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
     """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses, and
     the trained model)."""
     # --- validation, distributed, logging, seed ----------------------------------------------------------------
-    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    cfg = validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
     dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
     setup_logging(dist_info.rank)

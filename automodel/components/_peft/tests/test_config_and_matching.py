@@ -71,6 +71,25 @@ def test_exclude_wins_and_unmatched_exclude_warns(caplog):
     assert "'nothing_here' matches no nn.Linear" in caplog.text
 
 
+def test_exclude_modules_alone_adapts_every_other_linear_as_the_reference_system_does():
+    model = tiny_llama()
+    model.model.extra_fc = nn.Linear(8, 8)  # a linear layer whose name does not end in _proj (Phi's fc1, LLaVA's...)
+    config = PeftConfig(exclude_modules=["*.mlp.*"])
+    assert config.match_all_linear and config.target_modules == []
+    attention = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    # not the output head: as with match_all_linear, it is only adapted when named
+    assert _adapted(config, model) == [*attention, "model.extra_fc"]
+
+
+def test_use_triton_is_accepted_and_changes_nothing(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = PeftConfig(target_modules=["q_proj"], use_triton=True)
+    assert "peft.use_triton is ignored" in caplog.text
+    assert _adapted(config) == _adapted(PeftConfig(target_modules=["q_proj"]))
+    with pytest.raises(PeftError, match=r"peft\.use_triton must be true or false, got 'yes'"):
+        PeftConfig(target_modules=["q_proj"], use_triton="yes")
+
+
 def test_match_all_linear_skips_the_output_head_unless_named():
     model = tiny_llama()
     names = _adapted(PeftConfig(match_all_linear=True), model)

@@ -72,6 +72,14 @@ def test_env_interpolation(monkeypatch):
     assert cfg["items"] == ["a", "20"]
 
 
+def test_omegaconf_env_spelling_of_the_reference_configs(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    monkeypatch.delenv("RUN", raising=False)
+    cfg = load_yaml_text("out: ${oc.env:HOME}/runs/${oc.env:RUN,first}\nsteps: ${oc.env:RUN,12}\n")
+    assert (cfg.out, cfg.steps) == ("/home/me/runs/first", 12)
+    assert cfg.to_yaml() == "out: ${oc.env:HOME}/runs/${oc.env:RUN,first}\nsteps: ${oc.env:RUN,12}\n"
+
+
 def test_missing_env_var_names_key_and_variable(monkeypatch):
     monkeypatch.delenv("DATA_DIR_XYZ", raising=False)
     with pytest.raises(ConfigError, match=r"dataset\.path: environment variable 'DATA_DIR_XYZ' is not set"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from automodel.components.datasets._errors import DatasetError
 from automodel.components.datasets.llm._io import load_rows, require_columns
@@ -33,6 +33,30 @@ def _check_column_mapping(column_mapping: Any) -> dict[str, str]:
     return {role: str(column_mapping[role]) for role in _ROLES if column_mapping.get(role)}
 
 
+def _check_reference_options(padding: Any, truncation: Any, seq_length: int | None, on_overflow: str) -> None:
+    """NeMo Automodel's `padding` / `truncation` keys mean the same as ours or are refused by name."""
+    if padding not in ("do_not_pad", False, "longest"):  # "longest" of one sample pads nothing
+        raise DatasetError(
+            f"padding={padding!r}: samples are not padded one by one here (the collater pads each batch to its "
+            "longest sample); remove padding or set do_not_pad"
+        )
+    if truncation in (None, "longest_first", "only_first", True):
+        if truncation is not None and on_overflow != "truncate":
+            raise DatasetError(f"truncation={truncation!r} and on_overflow={on_overflow!r} disagree; keep one")
+        return
+    if truncation in ("do_not_truncate", False):
+        if seq_length is not None:
+            raise DatasetError(
+                f"truncation={truncation!r} keeps samples longer than seq_length={seq_length}, but seq_length "
+                "always limits the length here; remove seq_length (no limit) or remove truncation (cut at the end)"
+            )
+        return
+    raise DatasetError(
+        f"truncation={truncation!r} is not supported; use longest_first (cut at the end), do_not_truncate, or "
+        "remove it and set on_overflow: truncate | drop"
+    )
+
+
 class ColumnMappedTextInstructionDataset(SFTDataset):
     """Tokenized instruction/answer rows from any schema, with the same prompt rules as ``make_squad_dataset``.
 
@@ -50,6 +74,10 @@ class ColumnMappedTextInstructionDataset(SFTDataset):
         on_overflow: ``truncate`` cuts long sequences at the end, ``drop`` removes them.
         limit_dataset_samples: keep only the first N rows (after the split slice).
         use_hf_chat_template: NeMo Automodel's name for ``use_chat_template``; either may be given.
+        padding, truncation: NeMo Automodel's tokenizer options, for its configs. Samples are never padded here
+            (the collater pads each batch), so ``padding`` may only say ``do_not_pad``; ``truncation`` may be a
+            truncating strategy (``longest_first``, ``only_first``, ``true``: the same as ``on_overflow:
+            truncate``) or ``do_not_truncate`` / ``false`` without a ``seq_length``.
     """
 
     def __init__(
@@ -64,7 +92,10 @@ class ColumnMappedTextInstructionDataset(SFTDataset):
         on_overflow: OnOverflow = "truncate",
         limit_dataset_samples: int | None = None,
         use_hf_chat_template: bool | None = None,
+        padding: Literal["do_not_pad", "longest", False] = "do_not_pad",
+        truncation: Literal["longest_first", "only_first", "do_not_truncate", True, False] | None = None,
     ) -> None:
+        _check_reference_options(padding, truncation, seq_length, on_overflow)
         if use_hf_chat_template is not None:
             if use_chat_template is not None and use_chat_template != use_hf_chat_template:
                 raise DatasetError(

@@ -60,3 +60,22 @@ def test_wrong_cell_type_and_empty_answer_name_the_row(tmp_path, plain_tokenizer
     empty = write_jsonl(tmp_path / "b.jsonl", [{"q": "x", "a": "y"}, {"q": "x", "a": " "}])
     with pytest.raises(DatasetError, match="row 1 has an empty answer"):
         ColumnMappedTextInstructionDataset(str(empty), {"question": "q", "answer": "a"}, plain_tokenizer)
+
+
+def test_reference_padding_and_truncation_options(plain_tokenizer, alpaca_file):
+    plain = ColumnMappedTextInstructionDataset(alpaca_file, MAPPING, plain_tokenizer, seq_length=40)
+    same = ColumnMappedTextInstructionDataset(
+        alpaca_file, MAPPING, plain_tokenizer, seq_length=40, padding="do_not_pad", truncation="longest_first"
+    )
+    assert [same[i] for i in range(3)] == [plain[i] for i in range(3)]  # the reference options mean our defaults
+    ColumnMappedTextInstructionDataset(alpaca_file, MAPPING, plain_tokenizer, truncation="do_not_truncate")
+    with pytest.raises(DatasetError, match=r"padding='max_length': samples are not padded one by one here"):
+        ColumnMappedTextInstructionDataset(alpaca_file, MAPPING, plain_tokenizer, padding="max_length")
+    with pytest.raises(DatasetError, match=r"truncation='do_not_truncate' keeps samples longer than seq_length=40"):
+        ColumnMappedTextInstructionDataset(
+            alpaca_file, MAPPING, plain_tokenizer, seq_length=40, truncation="do_not_truncate"
+        )
+    with pytest.raises(DatasetError, match=r"truncation='longest_first' and on_overflow='drop' disagree"):
+        ColumnMappedTextInstructionDataset(
+            alpaca_file, MAPPING, plain_tokenizer, truncation="longest_first", on_overflow="drop"
+        )
