@@ -65,8 +65,9 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "packed_sequence.packing_strategy": ("thd",),
     "checkpoint.dequantize_base_checkpoint": (True,),
 }
+# `dataloader.batch_size` is checked by the recipes' Section: accepted when it equals step_scheduler.local_batch_size
+# (the reference system's older form, nothing lost), refused otherwise.
 for _section in ("dataloader", "validation_dataloader"):
-    _KEYS[f"{_section}.batch_size"] = "the batch size is step_scheduler.local_batch_size; remove this key"
     for _key in ("dataset", "sampler"):
         _KEYS[f"{_section}.{_key}"] = f"the recipe builds the {_key} itself; remove this key"
 

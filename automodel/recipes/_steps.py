@@ -57,6 +57,15 @@ def build_dataloader(
     one global batch, an empty dataset, or a loader that would yield no batch is a LimitError naming the sizes.
     """
     node = node.copy() if node is not None else ConfigNode({})
+    where = node.path or "dataloader"
+    for key in ("dataset", "sampler", "generator"):  # validation reports these first; this is the backstop
+        if key in node:
+            raise UserError(f"{where}.{key}: the recipe supplies '{key}' itself; remove it from the config")
+    if "batch_size" in node and node.pop("batch_size") != batch_size:
+        raise UserError(
+            f"{where}.batch_size differs from step_scheduler.local_batch_size({batch_size}), which the recipe batches "
+            "by; remove dataloader.batch_size or set step_scheduler.local_batch_size"
+        )
     shuffle = bool(node.pop("shuffle", train))
     group_by_length = bool(node.pop("group_by_length", False))
     megabatch_mult = int(node.pop("megabatch_mult", 50))
@@ -287,38 +296,3 @@ def model_identity(model: torch.nn.Module, source: str | None) -> dict:
         "name_or_path": source,
         "frozen_fingerprint": frozen_fingerprint(model),
     }
-
-
-def resume_latest(
-    checkpointer: Any,
-    identity: Any,
-    *,
-    model: torch.nn.Module,
-    optimizer: Any,
-    lr_scheduler: Any,
-    step_scheduler: Any,
-    rng: Any,
-    metric_loggers: Any,
-    dp_size: int,
-    rank: int,
-) -> None:
-    """Continue from the newest complete checkpoint, if there is one: weights, optimizer, LR schedule, data position,
-    RNG streams and the loggers' step."""
-    resume_from = checkpointer.find_resume_checkpoint()
-    if resume_from is None:
-        return
-    checkpointer.check_identity(resume_from, identity)
-    restored = checkpointer.load(resume_from, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, rank=rank)
-    step_scheduler.load_state_dict(restored["train_state"]["step_scheduler"])
-    if restored["rng_state"] is not None:
-        rng.load_state_dict(restored["rng_state"])
-    saved_dp_size = restored["train_state"].get("dp_size", dp_size)
-    if saved_dp_size != dp_size:
-        logger.warning(
-            "Resuming with %d data-parallel ranks, saved with %d: weights and optimizer state were resharded, "
-            "but from here on the data order differs from the original run's",
-            dp_size,
-            saved_dp_size,
-        )
-    metric_loggers.resume(step_scheduler.step)
-    logger.info("Resumed from %s at step %d (epoch %d)", resume_from, step_scheduler.step, step_scheduler.epoch)

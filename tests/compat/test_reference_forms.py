@@ -470,9 +470,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"packed_sequence": {"packed_sequence_size": 256, "drop_long_samples": False}},
         r"packed_sequence\.drop_long_samples: not supported; remove it \(packed_sequence\.on_overflow",
     ),
-    "validation_dataloader.batch_size": (
+    "validation_dataloader.batch_size other than local_batch_size": (
         {"validation_dataloader.batch_size": 8},
-        r"validation_dataloader\.batch_size: the batch size is step_scheduler\.local_batch_size",
+        r"validation_dataloader\.batch_size: the recipe supplies 'batch_size' itself from "
+        r"step_scheduler\.local_batch_size \(1\)",
     ),
     "checkpoint.dequantize_base_checkpoint false": (
         {"checkpoint.dequantize_base_checkpoint": False},

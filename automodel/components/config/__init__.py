@@ -12,6 +12,7 @@ from automodel.components.config._loading import (
     parse_overrides,
 )
 from automodel.components.config._node import ConfigNode
+from automodel.components.config._schema import Section, build_section
 from automodel.components.config._targets import (
     ALLOW_FILE_TARGETS_ENV,
     ALLOWED_TARGETS_ENV,
@@ -20,7 +21,7 @@ from automodel.components.config._targets import (
     parse_target,
     resolve_target,
 )
-from automodel.components.config._validate import Section, validate_config
+from automodel.components.config._validate import validate_config
 
 __all__ = [
     "ALLOWED_TARGETS",
@@ -36,6 +37,7 @@ __all__ = [
     "TargetPolicy",
     "apply_overrides",
     "build_callable",
+    "build_section",
     "instantiate",
     "load_config",
     "load_yaml_text",

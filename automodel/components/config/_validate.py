@@ -10,7 +10,6 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from automodel._shared.errors import UserError
@@ -26,28 +25,13 @@ from automodel.components.config._instantiate import (
 )
 from automodel.components.config._node import ConfigNode, child_path
 from automodel.components.config._scalars import parse_literal
+from automodel.components.config._schema import Section
 from automodel.components.config._static import static_signature
 from automodel.components.config._targets import TargetPolicy, parse_target, resolve_target
 
 logger = logging.getLogger(__name__)
 
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-@dataclass(frozen=True)
-class Section:
-    """How the recipe builds one top-level section, for `validate_config`."""
-
-    default_target: Callable[..., Any] | None = None  # used when the section has no _target_ (e.g. a config dataclass)
-    provided: frozenset[str] = frozenset()  # kwargs the recipe passes at build time (tokenizer, params, dataset...)
-    required: bool = False
-    ignore: frozenset[str] = frozenset()  # keys the recipe consumes itself (not passed to the target)
-
-    def __post_init__(self) -> None:
-        # Accept any collection (or one name) for convenience; store frozensets.
-        for name in ("provided", "ignore"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, frozenset([value] if isinstance(value, str) else value))
 
 
 def validate_config(
@@ -80,6 +64,7 @@ def validate_config(
                 errors.append(f"{name}: required section is missing; add a '{name}:' section to the config")
             continue
         if isinstance(value, Mapping):
+            errors.extend(section.shadowing_problems(value, name, cfg))
             _check_section(value, section.default_target, section.provided, section.ignore, name, policy, errors)
         else:
             _scan(value, name, name, policy, errors)

@@ -77,13 +77,9 @@ class StepScheduler:
         if problems:
             raise TrainingError(problems[0])
         per_micro_step = local_batch_size * dp_size
-        if global_batch_size % per_micro_step != 0:
-            lower = max(per_micro_step, global_batch_size // per_micro_step * per_micro_step)
-            raise TrainingError(
-                f"step_scheduler: global_batch_size({global_batch_size}) must be a multiple of "
-                f"local_batch_size({local_batch_size}) x dp_size({dp_size}) = {per_micro_step}; "
-                f"set global_batch_size to e.g. {lower} or {lower + per_micro_step}, or change local_batch_size"
-            )
+        divides = self.batch_size_problem(global_batch_size, local_batch_size, dp_size)
+        if divides:
+            raise TrainingError(divides)
 
         self.global_batch_size = global_batch_size
         self.local_batch_size = local_batch_size
@@ -121,6 +117,21 @@ class StepScheduler:
                     f"/ (local_batch_size({local_batch_size}) x dp_size({dp_size}))); lower global_batch_size or "
                     "use more data"
                 )
+
+    @staticmethod
+    def batch_size_problem(
+        global_batch_size: int, local_batch_size: int, dp_size: int, *, dp_name: str = "dp_size"
+    ) -> str | None:
+        """The training contract's rule: global = local x data-parallel size x gradient-accumulation steps."""
+        per_micro_step = local_batch_size * dp_size
+        if global_batch_size % per_micro_step == 0:
+            return None
+        lower = max(per_micro_step, global_batch_size // per_micro_step * per_micro_step)
+        return (
+            f"step_scheduler: global_batch_size({global_batch_size}) must be a multiple of "
+            f"local_batch_size({local_batch_size}) x {dp_name}({dp_size}) = {per_micro_step}; "
+            f"set global_batch_size to e.g. {lower} or {lower + per_micro_step}, or change local_batch_size"
+        )
 
     @staticmethod
     def check_settings(

@@ -4,8 +4,9 @@
     python automodel/recipes/vlm/finetune.py -c CONFIG [--dotted.key value ...]
     torchrun --nproc-per-node 2 automodel/recipes/vlm/finetune.py -c CONFIG
 
-The same shape as the LLM recipe: validate -> distributed and seed -> build (model, processor, freezing / LoRA,
-data, loss, optimizer, schedule, checkpoint, loggers) -> resume -> loop -> final save. What differs: a processor
+The same shape as the LLM recipe, on the same shared phases (`recipes/_common.py`): validate -> process group and
+seed -> model, processor, freezing / LoRA -> data -> parallelism, optimizer and schedule -> resume, loop and
+checkpoints -> report. What differs, and is all this file holds: a processor
 (tokenizer + image processor + chat template) instead of a tokenizer, a collate function that runs it, the
 `freeze_config` section, LoRA on the language model only by default, and checkpoints that carry the processor.
 """
@@ -15,118 +16,46 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from automodel._shared.errors import UserError, exit_on_user_error
-from automodel.components._peft import PeftConfig, apply_peft, write_adapter_dir
+from automodel._shared.errors import UserError
+from automodel.components._peft import apply_peft, write_adapter_dir
 from automodel.components._transformers import (
     FreezeConfig,
     NeMoAutoProcessor,
     apply_freeze_config,
     check_processor_matches_model,
-    meta_weights_path,
     non_language_modules,
     resolve_model_path,
 )
-from automodel.components.checkpoint import CheckpointConfig, Checkpointer
-from automodel.components.config import (
-    ConfigError,
-    ConfigNode,
-    ConfigValidationError,
-    Section,
-    apply_overrides,
-    instantiate,
-    load_config,
-    parse_cli_args,
-    resolve_target,
-    validate_config,
-)
+from automodel.components.config import ConfigError, ConfigNode, Section, build_section, resolve_target
 from automodel.components.datasets.vlm import collate_fn_for, render_vlm_batch
-from automodel.components.distributed import (
-    CompileConfig,
-    DistEnvConfig,
-    DistributedConfig,
-    build_parallel_state,
-    clip_grad_norm_,
-    destroy_distributed,
-    initialize_distributed,
-    parallelize_model,
-    shard_optimizer,
+from automodel.recipes._common import (
+    COMMON_SECTIONS,
+    build_optimization,
+    common_checks,
+    finish,
+    parallelize,
+    recipe_cli,
+    start,
+    train,
+    validate_recipe,
+    world_size_from_env,
 )
-from automodel.components.loggers import LoggingConfig, WandbLogger, build_loggers
-from automodel.components.loss.masked_ce import MaskedCrossEntropy
-from automodel.components.optim import build_lr_scheduler
-from automodel.components.training import (
-    ClipGradNormConfig,
-    MixedPrecisionConfig,
-    ShutdownSignal,
-    StatefulRNG,
-    StepScheduler,
-    default_peak_flops,
-    flops_per_token,
-    mfu,
-    peak_memory_gib,
-)
-from automodel.recipes._limits import (
-    collate_lengths,
-    length_limit,
-    limit_checks,
-    model_max_positions,
-    no_nan,
-    one_per_key,
-)
+from automodel.recipes._limits import collate_lengths, length_limit, model_max_positions, no_nan
 from automodel.recipes._reference import reference_forms
-from automodel.recipes._steps import (
-    build_dataloader,
-    evaluate,
-    model_identity,
-    resume_latest,
-    setup_logging,
-    train_step,
-)
+from automodel.recipes._steps import build_dataloader, setup_logging
 
 logger = logging.getLogger("automodel.recipes.vlm.finetune")
 
-# Every section a config may have; validate_config binds each to its callable's signature before anything loads.
-# The dataloaders' collate_fn is checked separately (`_collate_errors`): the recipe passes it the processor.
-_DATALOADER = Section(
-    default_target=DataLoader,
-    provided=frozenset({"dataset", "batch_size", "sampler", "collate_fn", "generator"}),
-    ignore=frozenset({"shuffle", "group_by_length", "megabatch_mult"}),  # the recipe's own sampler takes these
-)
+# Every section a config may have: the common ones plus the processor and what to freeze. The dataloaders'
+# collate_fn is checked separately (`_collate_errors`): the recipe passes it the processor.
 SCHEMA: dict[str, Section] = {
-    "seed": Section(),
-    "step_scheduler": Section(
-        default_target=StepScheduler, provided=frozenset({"dp_size", "dataloader"}), required=True
-    ),
-    "dist_env": Section(default_target=DistEnvConfig),
-    "rng": Section(default_target=StatefulRNG, provided=frozenset({"rank"})),
-    "model": Section(required=True),
+    **COMMON_SECTIONS,
     "processor": Section(default_target=NeMoAutoProcessor.from_pretrained),
     "freeze_config": Section(default_target=FreezeConfig),
-    "peft": Section(default_target=PeftConfig),
-    "distributed": Section(default_target=DistributedConfig),
-    "compile": Section(default_target=CompileConfig),
-    "mixed_precision": Section(default_target=MixedPrecisionConfig),
-    "loss_fn": Section(default_target=MaskedCrossEntropy),
-    "dataset": Section(required=True),
-    "dataloader": _DATALOADER,
-    "validation_dataset": Section(),
-    "validation_dataloader": _DATALOADER,
-    "optimizer": Section(default_target=torch.optim.AdamW, provided=frozenset({"params"})),
-    "lr_scheduler": Section(default_target=build_lr_scheduler, provided=frozenset({"optimizer", "total_steps"})),
-    "clip_grad_norm": Section(default_target=ClipGradNormConfig),
-    "checkpoint": Section(default_target=CheckpointConfig),
-    "logging": Section(default_target=LoggingConfig),
-    "wandb": Section(default_target=WandbLogger, provided=frozenset({"rank", "config"})),
 }
 # What the recipe passes a collate function itself.
 _COLLATE_PROVIDED = ("examples", "processor")
@@ -166,39 +95,12 @@ def _collate_errors(cfg: ConfigNode) -> list[str]:
     return errors
 
 
-def _checks(world_size: int) -> list[Callable[[ConfigNode], list[str]]]:
-    """Cross-section rules that signatures alone cannot express."""
-
-    def batch_sizes(cfg: ConfigNode) -> list[str]:
-        gbs, lbs = cfg.get("step_scheduler.global_batch_size"), cfg.get("step_scheduler.local_batch_size")
-        model_parallel = (cfg.get("distributed.tp_size", 1) or 1) * (cfg.get("distributed.cp_size", 1) or 1)
-        dp = max(1, world_size // model_parallel) if isinstance(model_parallel, int) else world_size
-        if isinstance(gbs, int) and isinstance(lbs, int) and lbs > 0 and gbs % (lbs * dp):
-            return [
-                f"step_scheduler.global_batch_size({gbs}) must be a multiple of local_batch_size({lbs}) x "
-                f"data-parallel size({dp}) = {lbs * dp}"
-            ]
-        return []
-
-    def sections(cfg: ConfigNode) -> list[str]:
-        errors = []
-        if "seed" in cfg and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32):
-            errors.append(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
-        model = cfg.get("model")
-        if isinstance(model, ConfigNode) and "_target_" not in model:
-            errors.append("model: needs a _target_, e.g. automodel.NeMoAutoModelForImageTextToText.from_pretrained")
-        if isinstance(model, ConfigNode) and "processor" not in cfg and "pretrained_model_name_or_path" not in model:
-            errors.append(
-                "processor: a model built from a config needs a processor section (pretrained_model_name_or_path)"
-            )
-        for key in ("tp_size", "cp_size"):
-            if (cfg.get(f"distributed.{key}", 1) or 1) > 1:
-                errors.append(f"distributed.{key}: the VLM recipe supports data parallelism only (ddp, fsdp2); set 1")
-        return errors
-
-    # Sizes, step counts and rates in range (recipes/_limits.py); NaN and collate lengths are checked in validate(),
-    # before the collate_fn options are set aside.
-    return [batch_sizes, sections, *(check for check in limit_checks() if check is not no_nan)]
+def _vlm_sections(cfg: ConfigNode) -> list[str]:
+    errors = []
+    for key in ("tp_size", "cp_size"):
+        if (cfg.get(f"distributed.{key}", 1) or 1) > 1:
+            errors.append(f"distributed.{key}: the VLM recipe supports data parallelism only (ddp, fsdp2); set 1")
+    return errors
 
 
 def validate(cfg: ConfigNode, world_size: int = 1) -> ConfigNode:
@@ -206,8 +108,8 @@ def validate(cfg: ConfigNode, world_size: int = 1) -> ConfigNode:
     touched; return it with the reference system's spellings rewritten to ours (recipes/_reference.py)."""
     normalized, refused = reference_forms(cfg, text_tokenizer=False)
     cfg = normalized.copy()
-    cfg.pop("recipe", None)  # names the recipe for `automodel CONFIG.yaml`; the CLI reads it, not this recipe
-    # The collate_fns are checked against what the recipe passes them (the processor), not bound as sections.
+    # The collate_fns are checked against what the recipe passes them (the processor), not bound as sections; NaN
+    # and their lengths are checked before their options are set aside.
     problems = refused + _collate_errors(cfg) + collate_lengths(cfg) + no_nan(cfg)
     for section in ("dataloader", "validation_dataloader"):
         if isinstance(cfg.get(section), ConfigNode):
@@ -215,10 +117,11 @@ def validate(cfg: ConfigNode, world_size: int = 1) -> ConfigNode:
     packing = cfg.pop("packed_sequence", None)
     if isinstance(packing, ConfigNode) and packing.get("packed_sequence_size", 0):
         problems.append("packed_sequence: packing is not available for vision-language models; remove the section")
-    try:
-        validate_config(cfg, SCHEMA, checks=[*_checks(world_size), lambda _: problems])
-    except ConfigValidationError as error:  # one message per key: a bad value can fail several checks
-        raise ConfigValidationError(one_per_key(error.errors, SCHEMA)) from None
+    checks = common_checks(
+        world_size, model_example="automodel.NeMoAutoModelForImageTextToText.from_pretrained", companion="processor"
+    )
+    checks = [check for check in checks if check is not no_nan]  # already run above, with the collate options
+    validate_recipe(cfg, SCHEMA, [*checks, _vlm_sections, lambda _: problems])
     return normalized
 
 
@@ -246,11 +149,9 @@ def _within_positions(node: ConfigNode, section: str, max_positions: int | None)
 
 
 def _load_processor(cfg: ConfigNode, model_source: str | None) -> Any:
-    return instantiate(
-        cfg.get("processor"),
-        default_target=NeMoAutoProcessor.from_pretrained,
-        **({} if "processor" in cfg else {"pretrained_model_name_or_path": model_source}),
-    )
+    if "processor" in cfg:
+        return build_section(cfg, "processor", SCHEMA["processor"])
+    return NeMoAutoProcessor.from_pretrained(model_source)  # the model's own
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,146 +160,63 @@ def _load_processor(cfg: ConfigNode, model_source: str | None) -> Any:
 def main(cfg: ConfigNode) -> dict[str, Any]:
     """Run the fine-tune described by `cfg`; return a summary (validation losses, checkpoint path, step losses, and
     the trained model)."""
-    # --- validation, distributed, logging, seed ----------------------------------------------------------------
-    cfg = validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    dist_env = instantiate(cfg.get("dist_env"), default_target=DistEnvConfig)
-    dist_info = initialize_distributed(dist_env.backend, dist_env.timeout_minutes)
-    setup_logging(dist_info.rank)
-    distributed = instantiate(cfg.get("distributed"), default_target=DistributedConfig)
-    distributed.validate(dist_info.world_size, dist_info.device)
-    state = build_parallel_state(distributed, dist_info)
-    rng_node = cfg.get("rng") or ConfigNode({"seed": cfg.get("seed", 42)})
-    rng = instantiate(rng_node, default_target=StatefulRNG, rank=dist_info.rank)
-    seed = rng_node.get("seed", 42)
+    # --- validation, process group, logging, seed ----------------------------------------------------------------
+    cfg = validate(cfg, world_size_from_env())
+    run = start(cfg, SCHEMA)
+    device = run.dist_info.device
 
     # --- model, processor, what trains -------------------------------------------------------------------------
-    precision = instantiate(cfg.get("mixed_precision"), default_target=MixedPrecisionConfig)
     model_source = cfg.model.get("pretrained_model_name_or_path")
     if model_source is not None:
         model_source = resolve_model_path(model_source)
-    model = instantiate(cfg.model)
+    model = build_section(cfg, "model", SCHEMA["model"])
     processor = _load_processor(cfg, model_source)
     check_processor_matches_model(processor, model)  # another family's processor fails here, not mid-training
     peft_config = None
     if "peft" in cfg:  # LoRA / DoRA: freeze the base, patch the target linears (before sharding and the optimizer)
-        peft_config = instantiate(cfg.peft, default_target=PeftConfig)
+        peft_config = build_section(cfg, "peft", SCHEMA["peft"])
         if "exclude_modules" not in cfg.peft:  # the language model only, unless the config says otherwise
             peft_config.exclude_modules = [f"{name}.*" for name in non_language_modules(model)]
         if "freeze_config" in cfg:
             logger.warning("freeze_config is ignored with peft: LoRA freezes every base weight already")
         peft_config, _ = apply_peft(model, peft_config)
     elif "freeze_config" in cfg:
-        apply_freeze_config(model, instantiate(cfg.freeze_config, default_target=FreezeConfig))
-    precision.check(model, dist_info.device)
+        apply_freeze_config(model, build_section(cfg, "freeze_config", SCHEMA["freeze_config"]))
+    run.precision.check(model, device)
     model.train()
-    autocast = precision.autocast(dist_info.device)
+    autocast = run.precision.autocast(device)
 
     # --- data --------------------------------------------------------------------------------------------------
-    local_batch_size = cfg.step_scheduler.local_batch_size
-    pad_token_id = processor.tokenizer.pad_token_id
     max_positions = model_max_positions(model)  # of the language model; the collate's max_length is checked against it
-    dataset = instantiate(cfg.dataset)
+    loader_options = {
+        "batch_size": cfg.step_scheduler.local_batch_size,
+        "pad_token_id": processor.tokenizer.pad_token_id,
+        "state": run.state,
+        "seed": run.seed,
+    }
+
+    def loader_section(name: str) -> ConfigNode:
+        return _within_positions(_with_collate(cfg, name, processor), name, max_positions)
+
     train_loader = build_dataloader(
-        _within_positions(_with_collate(cfg, "dataloader", processor), "dataloader", max_positions),
-        dataset,
-        batch_size=local_batch_size,
-        pad_token_id=pad_token_id,
-        state=state,
-        seed=seed,
+        loader_section("dataloader"),
+        build_section(cfg, "dataset", SCHEMA["dataset"]),
         train=True,
         global_batch_size=cfg.step_scheduler.global_batch_size,
+        **loader_options,
     )
     val_loader = None
     if "validation_dataset" in cfg:
         val_loader = build_dataloader(
-            _within_positions(
-                _with_collate(cfg, "validation_dataloader", processor), "validation_dataloader", max_positions
-            ),
-            instantiate(cfg.validation_dataset),
-            batch_size=local_batch_size,
-            pad_token_id=pad_token_id,
-            state=state,
-            seed=seed,
+            loader_section("validation_dataloader"),
+            build_section(cfg, "validation_dataset", SCHEMA["validation_dataset"]),
             train=False,
+            **loader_options,
         )
 
     # --- parallelism, loss, optimizer, schedule ------------------------------------------------------------------
-    # Activation checkpointing -> compile -> FSDP2 | DDP, then the optimizer over the (sharded) parameters.
-    compile_config = instantiate(cfg.get("compile"), default_target=CompileConfig)
-    train_model = parallelize_model(
-        model,
-        dist_info,
-        distributed,
-        compile_config,
-        state=state,
-        weights_path=meta_weights_path(model),
-        cast_frozen_weights=precision.cast_frozen_linear_weights,  # frozen base weights stored in bf16 where it can
-    )
-    identity = model_identity(model, model_source)  # after the weights are loaded (meta-device init)
-    loss_fn = instantiate(cfg.get("loss_fn"), default_target=MaskedCrossEntropy)
-    step_scheduler = instantiate(
-        cfg.step_scheduler, default_target=StepScheduler, dp_size=state.dp_size, dataloader=train_loader
-    )
-    named_trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    trainable = [p for _, p in named_trainable]
-    optimizer = instantiate(cfg.get("optimizer"), default_target=torch.optim.AdamW, params=named_trainable)
-    optimizer = shard_optimizer(optimizer, distributed)
-    lr_scheduler = instantiate(
-        cfg.get("lr_scheduler"),
-        default_target=build_lr_scheduler,
-        optimizer=optimizer,
-        total_steps=step_scheduler.total_steps,
-    )
-    max_norm = instantiate(cfg.get("clip_grad_norm"), default_target=ClipGradNormConfig).max_norm
-
-    # --- checkpointing and logging -------------------------------------------------------------------------------
-    checkpointer = Checkpointer(
-        instantiate(cfg.get("checkpoint"), default_target=CheckpointConfig),
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
-    log_cfg = instantiate(cfg.get("logging"), default_target=LoggingConfig)
-    log_dir = log_cfg.resolve_log_dir(checkpointer.config.checkpoint_dir if checkpointer.config.enabled else None)
-    metric_loggers = build_loggers(
-        step_scheduler.total_steps,
-        rank=dist_info.rank,
-        jsonl_path=f"{log_dir}/metrics.jsonl",
-        wandb=cfg.wandb.to_dict() if "wandb" in cfg else None,
-        wandb_config=cfg.to_dict(raw=True),
-        progress_bar=log_cfg.progress_bar,
-        log_every_steps=log_cfg.log_every_steps,
-    )
-    peak_flops = log_cfg.peak_flops or default_peak_flops(dist_info.device, precision.torch_dtype or torch.float32)
-
-    # --- resume ------------------------------------------------------------------------------------------------
-    resume_latest(
-        checkpointer,
-        identity,
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        step_scheduler=step_scheduler,
-        rng=rng,
-        metric_loggers=metric_loggers,
-        dp_size=state.dp_size,
-        rank=dist_info.rank,
-    )
-
-    def save_checkpoint() -> None:
-        path = checkpointer.save(
-            step_scheduler.epoch,
-            step_scheduler.step,
-            model=model,
-            tokenizer=processor,  # written with save_pretrained next to the weights: AutoProcessor loads model/
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            train_state={"step_scheduler": step_scheduler.state_dict(), "dp_size": state.dp_size},
-            rng_state=rng.state_dict(),
-            config_yaml=cfg.to_yaml(),
-            model_identity=identity,
-            model_writer=None if peft_config is None else write_adapter,
-        )
-        summary["checkpoint"] = str(path)
+    train_model, identity = parallelize(cfg, SCHEMA, model, run, model_source)
+    parts = build_optimization(cfg, SCHEMA, model, train_loader, run)
 
     def write_adapter(directory: Path) -> None:  # a PEFT run's model/ is the HF PEFT adapter, not the full model
         write_adapter_dir(
@@ -406,87 +224,39 @@ def main(cfg: ConfigNode) -> dict[str, Any]:
             directory,
             peft_config,
             base_model_name_or_path=model_source,
-            rank=dist_info.rank,
+            rank=run.dist_info.rank,
             tokenizer=processor,
         )
 
-    def validate_now() -> float | None:
-        if val_loader is None:
-            return None
-        metrics = evaluate(train_model, val_loader, loss_fn, autocast, state)
-        metric_loggers.log(metrics, step_scheduler.step, prefix="val")
-        return metrics["loss"]
-
-    # --- training loop -----------------------------------------------------------------------------------------
-    summary: dict[str, Any] = {"train_losses": {}, "checkpoint": None}
-    summary["val_loss_before"] = validate_now() if step_scheduler.step == 0 else None
-    val_loss = summary["val_loss_before"]
-    with ShutdownSignal() as shutdown:
-        for batches in step_scheduler:
-            start = time.perf_counter()
-            stats = train_step(train_model, batches, loss_fn, autocast, state, step=step_scheduler.step)
-            grad_norm = clip_grad_norm_(trainable, max_norm if max_norm else float("inf"))  # DTensor-aware
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - start
-            tokens_per_s = stats["num_tokens"] / elapsed
-            metrics = {
-                "loss": stats["loss"],
-                "grad_norm": grad_norm,
-                "lr": optimizer.param_groups[0]["lr"],
-                "tokens_per_s": tokens_per_s,
-                "peak_memory_gib": peak_memory_gib(dist_info.device),
-                "num_label_tokens": stats["num_label_tokens"],
-                "step_time_s": elapsed,
-                "epoch": step_scheduler.epoch,
-            }
-            if peak_flops:  # MFU of the language model per device (the vision tower's FLOPs are not counted)
-                per_device = tokens_per_s / dist_info.world_size
-                metrics["mfu"] = mfu(per_device, flops_per_token(model.config, stats["seq_len"]), peak_flops)
-            metric_loggers.log(metrics, step_scheduler.step)
-            summary["train_losses"][step_scheduler.step] = stats["loss"]
-            stop = shutdown.any_rank_requested()
-            if step_scheduler.is_val_step and not step_scheduler.is_last_step:
-                val_loss = validate_now()
-            if checkpointer.config.enabled and (step_scheduler.is_ckpt_step or step_scheduler.is_last_step or stop):
-                save_checkpoint()
-            if stop:
-                logger.warning("Stopping after step %d because a shutdown signal arrived", step_scheduler.step)
-                break
-        else:
-            val_loss = validate_now() if summary["train_losses"] else val_loss
-
-    # --- wrap up -----------------------------------------------------------------------------------------------
-    summary["val_loss_after"] = val_loss
-    summary["model"] = model  # the trained (unwrapped) model, for callers of main() from Python
-    if summary["val_loss_before"] is not None and val_loss is not None:
-        logger.info("Validation loss: %.4f before training -> %.4f after", summary["val_loss_before"], val_loss)
-    if summary["checkpoint"] and peft_config is None:
-        logger.info(
-            "Saved %s/model (load it with transformers.AutoModelForImageTextToText.from_pretrained and "
-            "AutoProcessor.from_pretrained)",
-            summary["checkpoint"],
-        )
-    elif summary["checkpoint"]:
-        logger.info(
-            "Saved the adapter in %s/model (peft.PeftModel.from_pretrained(base, dir) loads it)", summary["checkpoint"]
-        )
-    metric_loggers.close()
-    destroy_distributed()
-    return summary
+    # --- resume, training loop, checkpoints (the processor is saved next to the weights) ----------------------------
+    summary = train(
+        cfg,
+        SCHEMA,
+        run,
+        parts,
+        model=model,
+        train_model=train_model,
+        identity=identity,
+        val_loader=val_loader,
+        autocast=autocast,
+        text_side=processor,
+        model_writer=None if peft_config is None else write_adapter,
+    )
+    hint = "transformers.AutoModelForImageTextToText.from_pretrained and AutoProcessor.from_pretrained"
+    return finish(summary, adapter=peft_config is not None, load_hint=hint, merge_hint=False)
 
 
 def preview(cfg: ConfigNode, *, split: str = "train", num_samples: int = 2, color: bool = True) -> list[str]:
     """Render the first samples of the train (or validation) dataset as the model sees them, with the tokens that
     carry loss highlighted and each image's tokens shown once with a count."""
     setup_logging(0)
+    cfg, _ = reference_forms(cfg, text_tokenizer=False)  # validated by the caller
     section = "dataset" if split == "train" else "validation_dataset"
     if section not in cfg:
         raise UserError(f"{section}: the config has no such section to preview")
     model_source = cfg.model.get("pretrained_model_name_or_path")
     processor = _load_processor(cfg, resolve_model_path(model_source) if model_source is not None else None)
-    dataset = instantiate(cfg[section])
+    dataset = build_section(cfg, section, SCHEMA[section])
     node = _with_collate(cfg, "dataloader" if split == "train" else "validation_dataloader", processor)
     batch = node["collate_fn"]([dataset[i] for i in range(min(num_samples, len(dataset)))])
     return render_vlm_batch(batch, processor.tokenizer, color=color)
@@ -494,12 +264,7 @@ def preview(cfg: ConfigNode, *, split: str = "train", num_samples: int = 2, colo
 
 def cli(argv: Iterable[str] | None = None) -> None:
     """`python automodel/recipes/vlm/finetune.py -c CONFIG [overrides]` (also what torchrun runs on every rank)."""
-
-    def run() -> None:
-        config_path, overrides = parse_cli_args(list(sys.argv[1:] if argv is None else argv))
-        main(apply_overrides(load_config(config_path), overrides))
-
-    exit_on_user_error(run)
+    recipe_cli(main, argv)
 
 
 if __name__ == "__main__":
